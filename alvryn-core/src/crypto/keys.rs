@@ -1,0 +1,194 @@
+//! Key identities and key sets.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::secret::SecretBytes;
+
+/// Longest key id accepted, in bytes.
+pub const MAX_KEY_ID_LEN: usize = 64;
+
+/// The identity of a field-encryption key, stored in every ciphertext so
+/// the right key is found at decryption.
+///
+/// 1 to 64 characters from `A-Z a-z 0-9 . _ -`. Not secret. Use
+/// [`KeyId::fingerprint`] to derive one from the key itself, so that
+/// nobody has to invent and keep track of names.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(Box<str>);
+
+impl KeyId {
+    /// Validates `id`.
+    ///
+    /// # Errors
+    /// [`InvalidKeyId`] when `id` is empty, longer than 64 bytes, or has a
+    /// character outside `A-Z a-z 0-9 . _ -`.
+    pub fn new(id: &str) -> Result<Self, InvalidKeyId> {
+        let ok = !id.is_empty()
+            && id.len() <= MAX_KEY_ID_LEN
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(Self(id.into()))
+        } else {
+            Err(InvalidKeyId)
+        }
+    }
+
+    /// A stable id derived from the key: `k` followed by the first 8 bytes
+    /// of `SHA-256("alvryn.key-id.v1" || key)` in hex. The hash is one-way,
+    /// so the id reveals nothing usable about the key.
+    #[must_use]
+    pub fn fingerprint(key: &SecretBytes) -> Self {
+        let mut h = Sha256::new();
+        h.update(b"alvryn.key-id.v1");
+        h.update(key.expose());
+        let digest = h.finalize();
+        let mut s = String::with_capacity(17);
+        s.push('k');
+        for b in &digest[..8] {
+            s.push_str(&format!("{b:02x}"));
+        }
+        Self(s.into())
+    }
+
+    /// The id as text.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({})", self.0)
+    }
+}
+
+/// A key id was empty, too long, or had a character outside
+/// `A-Z a-z 0-9 . _ -`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a key id must be 1 to {MAX_KEY_ID_LEN} characters from A-Z a-z 0-9 . _ -")]
+pub struct InvalidKeyId;
+
+/// One 32-byte field-encryption key with its id. `Debug` never shows the key.
+#[derive(Clone)]
+pub struct KeyMaterial {
+    id: KeyId,
+    key: SecretBytes,
+}
+
+impl KeyMaterial {
+    /// Pairs a key with an explicit id.
+    #[must_use]
+    pub fn new(id: KeyId, key: SecretBytes) -> Self {
+        Self { id, key }
+    }
+
+    /// A key whose id is its [`KeyId::fingerprint`].
+    #[must_use]
+    pub fn fingerprinted(key: SecretBytes) -> Self {
+        Self {
+            id: KeyId::fingerprint(&key),
+            key,
+        }
+    }
+
+    /// The key's id.
+    #[must_use]
+    pub fn id(&self) -> &KeyId {
+        &self.id
+    }
+
+    /// The key bytes.
+    #[must_use]
+    pub fn key(&self) -> &SecretBytes {
+        &self.key
+    }
+}
+
+impl fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyMaterial")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+/// What a [`KeyProvider`](crate::key::KeyProvider) yields: the active key,
+/// which encrypts, and any number of previous keys, which only decrypt, so
+/// that keys rotate without downtime.
+#[derive(Clone, Debug)]
+pub struct KeySet {
+    /// Encrypts every new value and decrypts values sealed under it.
+    pub active: KeyMaterial,
+    /// Decrypt-only keys from before a rotation.
+    pub previous: Vec<KeyMaterial>,
+}
+
+impl KeySet {
+    /// A set with one key and no previous keys.
+    #[must_use]
+    pub fn single(active: KeyMaterial) -> Self {
+        Self {
+            active,
+            previous: Vec::new(),
+        }
+    }
+
+    /// Adds a decrypt-only previous key.
+    #[must_use]
+    pub fn with_previous(mut self, key: KeyMaterial) -> Self {
+        self.previous.push(key);
+        self
+    }
+
+    /// Every key, the active one first.
+    pub fn iter(&self) -> impl Iterator<Item = &KeyMaterial> {
+        std::iter::once(&self.active).chain(self.previous.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_ids_are_validated() {
+        assert!(KeyId::new("2026-11.primary_A").is_ok());
+        assert_eq!(KeyId::new(""), Err(InvalidKeyId));
+        assert_eq!(KeyId::new("has space"), Err(InvalidKeyId));
+        assert_eq!(KeyId::new("é"), Err(InvalidKeyId));
+        assert_eq!(KeyId::new(&"a".repeat(65)), Err(InvalidKeyId));
+        assert!(KeyId::new(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn fingerprints_are_stable_and_distinct() {
+        let a = SecretBytes::copy_from(&[1u8; 32]);
+        let b = SecretBytes::copy_from(&[2u8; 32]);
+        assert_eq!(KeyId::fingerprint(&a), KeyId::fingerprint(&a.clone()));
+        assert_ne!(KeyId::fingerprint(&a), KeyId::fingerprint(&b));
+        let id = KeyId::fingerprint(&a);
+        assert_eq!(id.as_str().len(), 17);
+        assert!(KeyId::new(id.as_str()).is_ok());
+    }
+
+    #[test]
+    fn key_material_debug_hides_the_key() {
+        let km =
+            KeyMaterial::fingerprinted(SecretBytes::copy_from(b"0123456789abcdef0123456789abcdef"));
+        let dbg = format!("{km:?}");
+        assert!(dbg.contains("[redacted]"));
+        assert!(!dbg.contains("0123456789"));
+    }
+}

@@ -1,0 +1,269 @@
+use super::*;
+
+fn key(byte: u8) -> KeyMaterial {
+    KeyMaterial::fingerprinted(SecretBytes::copy_from(&[byte; 32]))
+}
+
+fn cipher(keys: KeySet) -> FieldCipher {
+    FieldCipher::builder(keys).build().unwrap()
+}
+
+const CTX: FieldContext<'static> = FieldContext {
+    collection: "users",
+    record_id: "u1",
+    field: "secret",
+};
+
+#[tokio::test]
+async fn round_trip_in_both_forms() {
+    let c = cipher(KeySet::single(key(1)));
+    let text = c.encrypt(&CTX, b"hello").await.unwrap();
+    assert!(text.starts_with("av1:"));
+    assert_eq!(c.decrypt(&CTX, &text).unwrap().expose(), b"hello");
+    let blob = c.encrypt_bytes(&CTX, b"").await.unwrap();
+    assert_eq!(
+        blob.len(),
+        2 + c.active_key_id().as_str().len() + NONCE_LEN + TAG_LEN
+    );
+    assert_eq!(c.decrypt_bytes(&CTX, &blob).unwrap().expose(), b"");
+}
+
+#[tokio::test]
+async fn nonces_differ_between_encryptions() {
+    let c = cipher(KeySet::single(key(1)));
+    let a = c.encrypt(&CTX, b"same").await.unwrap();
+    let b = c.encrypt(&CTX, b"same").await.unwrap();
+    assert_ne!(a, b);
+}
+
+#[tokio::test]
+async fn the_context_is_bound_and_unambiguous() {
+    let c = cipher(KeySet::single(key(1)));
+    let text = c
+        .encrypt(&FieldContext::new("ab", "c", "f"), b"v")
+        .await
+        .unwrap();
+    for other in [
+        FieldContext::new("a", "bc", "f"),
+        FieldContext::new("ab", "c", "g"),
+        FieldContext::new("users", "c", "f"),
+        FieldContext::new("ab", "c2", "f"),
+    ] {
+        assert!(matches!(
+            c.decrypt(&other, &text),
+            Err(CipherError::Decrypt)
+        ));
+    }
+    // Long contexts take the heap path and still round-trip.
+    let long = "x".repeat(1000);
+    let ctx = FieldContext::new(&long, &long, &long);
+    let text = c.encrypt(&ctx, b"v").await.unwrap();
+    assert_eq!(c.decrypt(&ctx, &text).unwrap().expose(), b"v");
+}
+
+#[tokio::test]
+async fn relabelling_the_key_id_fails() {
+    // Two keys that are the same bytes under different ids: moving a
+    // ciphertext from one id to the other must not decrypt.
+    let bytes = SecretBytes::copy_from(&[9u8; 32]);
+    let a = KeyMaterial::new(KeyId::new("aa").unwrap(), bytes.clone());
+    let b = KeyMaterial::new(KeyId::new("bb").unwrap(), bytes);
+    let c = cipher(KeySet::single(a).with_previous(b));
+    let mut blob = c.encrypt_bytes(&CTX, b"v").await.unwrap();
+    blob[2..4].copy_from_slice(b"bb");
+    assert!(matches!(
+        c.decrypt_bytes(&CTX, &blob),
+        Err(CipherError::Decrypt)
+    ));
+}
+
+#[tokio::test]
+async fn malformed_input_is_an_error_never_a_panic() {
+    let c = cipher(KeySet::single(key(1)));
+    let blob = c.encrypt_bytes(&CTX, b"some value").await.unwrap();
+    for len in 0..blob.len() {
+        assert!(
+            c.decrypt_bytes(&CTX, &blob[..len]).is_err(),
+            "truncated to {len}"
+        );
+    }
+    let mut bad_version = blob.clone();
+    bad_version[0] = 2;
+    assert!(c.decrypt_bytes(&CTX, &bad_version).is_err());
+    let mut zero_id = blob.clone();
+    zero_id[1] = 0;
+    assert!(c.decrypt_bytes(&CTX, &zero_id).is_err());
+    let mut huge_id = blob.clone();
+    huge_id[1] = 255;
+    assert!(c.decrypt_bytes(&CTX, &huge_id).is_err());
+    for text in [
+        "",
+        "av1:",
+        "av1:!!!!",
+        "av2:AAAA",
+        "plain text",
+        "av1:AQ",
+        "av1:\u{0}\u{ffff}",
+    ] {
+        assert!(
+            matches!(c.decrypt(&CTX, text), Err(CipherError::Decrypt)),
+            "{text:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn unknown_keys_fail_and_key_id_of_names_them() {
+    let old = cipher(KeySet::single(key(1)));
+    let text = old.encrypt(&CTX, b"v").await.unwrap();
+    let other = cipher(KeySet::single(key(2)));
+    assert!(matches!(
+        other.decrypt(&CTX, &text),
+        Err(CipherError::Decrypt)
+    ));
+    assert_eq!(
+        FieldCipher::key_id_of(&text).as_ref(),
+        Some(old.active_key_id())
+    );
+    assert_eq!(FieldCipher::key_id_of("nonsense"), None);
+}
+
+#[tokio::test]
+async fn rotation_keeps_old_values_readable_and_seals_new_ones_with_the_new_key() {
+    let before = cipher(KeySet::single(key(1)));
+    let old_text = before.encrypt(&CTX, b"old").await.unwrap();
+    let after = cipher(KeySet::single(key(2)).with_previous(key(1)));
+    assert_eq!(after.decrypt(&CTX, &old_text).unwrap().expose(), b"old");
+    let new_text = after.encrypt(&CTX, b"new").await.unwrap();
+    assert_eq!(
+        FieldCipher::key_id_of(&new_text).as_ref(),
+        Some(after.active_key_id())
+    );
+    assert_ne!(after.active_key_id(), before.active_key_id());
+    assert!(
+        before.decrypt(&CTX, &new_text).is_err(),
+        "the old key alone cannot read new values"
+    );
+}
+
+#[test]
+fn duplicate_or_wrong_length_keys_are_rejected() {
+    let dup = KeySet::single(key(1)).with_previous(key(1));
+    assert!(matches!(
+        FieldCipher::builder(dup).build(),
+        Err(CipherError::InvalidKeySet(_))
+    ));
+    let short = KeyMaterial::fingerprinted(SecretBytes::copy_from(&[1u8; 31]));
+    let err = FieldCipher::builder(KeySet::single(short))
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("found 31"), "{err}");
+}
+
+#[tokio::test]
+async fn the_limit_is_enforced_across_ciphers_sharing_a_ledger() {
+    let ledger: Arc<dyn UsageLedger> = Arc::new(MemoryLedger::new());
+    let make = || {
+        FieldCipher::builder(KeySet::single(key(1)))
+            .ledger(Arc::clone(&ledger))
+            .block_size(3)
+            .limit(10)
+            .build()
+            .unwrap()
+    };
+    // Two "processes" with one ledger.
+    let (a, b) = (make(), make());
+    let mut ok = 0;
+    for i in 0..20 {
+        let c = if i % 2 == 0 { &a } else { &b };
+        match c.encrypt(&CTX, b"v").await {
+            Ok(_) => ok += 1,
+            Err(CipherError::KeyExhausted { limit: 10, .. }) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    // Each reserved whole blocks; what one holds the other cannot use,
+    // so the sum performed is at most the limit.
+    assert!(ok <= 10, "{ok} encryptions exceeded the limit");
+    assert!(
+        ok >= 8,
+        "only {ok} encryptions; blocks should be granted up to the limit"
+    );
+    assert_eq!(ledger.reserved(a.active_key_id()).await.unwrap(), 10);
+    assert_eq!(a.usage().limit, 10);
+    assert_eq!(a.usage().performed_here + b.usage().performed_here, ok);
+    // Decryption is never refused for an exhausted key.
+    let c = FieldCipher::builder(KeySet::single(key(1)))
+        .build()
+        .unwrap();
+    let t = c.encrypt(&CTX, b"v").await.unwrap();
+    assert!(a.decrypt(&CTX, &t).is_ok());
+}
+
+#[tokio::test]
+async fn usage_reports_the_reserved_total() {
+    let c = FieldCipher::builder(KeySet::single(key(1)))
+        .block_size(100)
+        .build()
+        .unwrap();
+    assert_eq!(c.usage().reserved_total, 0);
+    for _ in 0..5 {
+        c.encrypt(&CTX, b"v").await.unwrap();
+    }
+    let u = c.usage();
+    assert_eq!(
+        (u.reserved_total, u.performed_here, u.limit),
+        (100, 5, MAX_ENCRYPTIONS_PER_KEY)
+    );
+}
+
+struct BrokenLedger;
+
+#[async_trait::async_trait]
+impl UsageLedger for BrokenLedger {
+    async fn reserve(&self, _: &KeyId, _: u64, _: u64) -> Result<Reservation, LedgerError> {
+        Err(LedgerError::Storage("disk full".into()))
+    }
+    async fn reserved(&self, _: &KeyId) -> Result<u64, LedgerError> {
+        Err(LedgerError::Storage("disk full".into()))
+    }
+}
+
+#[tokio::test]
+async fn no_encryption_without_a_ledger_grant() {
+    let c = FieldCipher::builder(KeySet::single(key(1)))
+        .ledger(Arc::new(BrokenLedger))
+        .build()
+        .unwrap();
+    assert!(matches!(
+        c.encrypt(&CTX, b"v").await,
+        Err(CipherError::Ledger(_))
+    ));
+    assert_eq!(c.usage().performed_here, 0);
+}
+
+#[tokio::test]
+async fn the_file_ledger_carries_the_count_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usage.json");
+    for _ in 0..3 {
+        let c = FieldCipher::builder(KeySet::single(key(1)))
+            .ledger(Arc::new(FileLedger::new(&path)))
+            .block_size(4)
+            .limit(10)
+            .build()
+            .unwrap();
+        let _ = c.encrypt(&CTX, b"v").await;
+    }
+    // Three restarts, one block each (4 + 4 + 2 at the limit).
+    let c = FieldCipher::builder(KeySet::single(key(1)))
+        .ledger(Arc::new(FileLedger::new(&path)))
+        .block_size(4)
+        .limit(10)
+        .build()
+        .unwrap();
+    assert!(matches!(
+        c.encrypt(&CTX, b"v").await,
+        Err(CipherError::KeyExhausted { .. })
+    ));
+}

@@ -1,0 +1,32 @@
+//! # alvryn-core
+//!
+//! The security and billing plumbing of a SaaS backend, as a library:
+//! field encryption with rotating keys ([`crypto`]), where keys come from
+//! ([`key`]), and the secret types everything else is built on
+//! ([`secret`]).
+//!
+//! Each pluggable part is a small `async` trait with written failure
+//! modes, plus a [`tower::Service`] view of it so timeouts, retries and
+//! limits are ordinary layers, and an adapter back from a service to the
+//! trait.
+//!
+//! ```
+//! use alvryn_core::crypto::{FieldCipher, FieldContext, KeyMaterial, KeySet};
+//! use alvryn_core::secret::SecretBytes;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let key = KeyMaterial::fingerprinted(SecretBytes::random(32)?);
+//! let cipher = FieldCipher::builder(KeySet::single(key)).build()?;
+//! let ctx = FieldContext::new("users", "user-42", "ssn");
+//! let stored: String = cipher.encrypt(&ctx, b"078-05-1120").await?;
+//! assert_eq!(cipher.decrypt(&ctx, &stored)?.expose(), b"078-05-1120");
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+pub mod crypto;
+pub mod key;
+pub mod secret;
+
+pub use crypto::{FieldCipher, FieldContext};
+pub use secret::{SecretBytes, SecretString};
