@@ -24,6 +24,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod billing;
 pub mod crypto;
 pub mod key;
 pub mod secret;

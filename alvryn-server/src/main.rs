@@ -1,1 +1,18 @@
-fn main() {}
+//! `alvryn`: argument parsing and exit codes only; everything else is in
+//! the library.
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = alvryn_server::cli::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ALVRYN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    alvryn_server::cli::run(cli).await
+}

@@ -1,0 +1,267 @@
+//! The `alvryn` command line.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use alvryn_core::crypto::KeyMaterial;
+use alvryn_core::secret::SecretBytes;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use clap::{Args, Parser, Subcommand};
+use zeroize::Zeroizing;
+
+use crate::AppState;
+use crate::config::{Config, FieldKeys, Mode, Overrides};
+
+/// Exit code for an invalid configuration or invalid arguments.
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit code for a failure at run time (KMS refused, port taken, ...).
+pub const EXIT_FAILURE: u8 = 1;
+
+/// Alvryn: authentication, billing and field encryption for SaaS backends.
+#[derive(Debug, Parser)]
+#[command(name = "alvryn", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server.
+    Serve(ServeArgs),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Manage field-encryption keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// Where to listen and keep data.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Listen address.
+    #[arg(long, env = "ALVRYN_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// Folder for the embedded store and development secrets.
+    #[arg(long, env = "ALVRYN_DATA_DIR", default_value = "./alvryn-data")]
+    pub data_dir: PathBuf,
+}
+
+/// `alvryn config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (secrets redacted); exit 2 on problems.
+    Check {
+        /// Folder for the embedded store and development secrets.
+        #[arg(long, env = "ALVRYN_DATA_DIR", default_value = "./alvryn-data")]
+        data_dir: PathBuf,
+        /// Do not call KMS to check that FIELD_ENCRYPTION_KEY_ENC unwraps.
+        #[arg(long)]
+        offline: bool,
+    },
+}
+
+/// `alvryn keys ...`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Generate a field-encryption key: raw base64, or wrapped by KMS.
+    Generate {
+        /// Wrap the new key with this KMS key (id, ARN or alias/...).
+        #[arg(long, requires = "output")]
+        kms_key_id: Option<String>,
+        /// Where to write the base64 KMS blob (for FIELD_ENCRYPTION_KEY_ENC).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Replace the output file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Runs a parsed command line to completion.
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Config(ConfigCommand::Check { data_dir, offline }) => {
+            config_check(data_dir, offline).await
+        }
+        Command::Keys(KeysCommand::Generate {
+            kms_key_id,
+            output,
+            force,
+        }) => keys_generate(kms_key_id, output, force).await,
+    }
+}
+
+fn load_config(overrides: &Overrides) -> Result<Config, ExitCode> {
+    Config::from_env(overrides).map_err(|e| {
+        eprint!("alvryn: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let overrides = Overrides {
+        bind: Some(args.bind),
+        data_dir: Some(args.data_dir),
+    };
+    let config = match load_config(&overrides) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if config.mode == Mode::Development {
+        tracing::warn!(
+            data_dir = %config.data_dir.display(),
+            "DEVELOPMENT MODE: missing secrets are generated and kept in the data folder; \
+             set ALVRYN_ENV=production and the full configuration before real use"
+        );
+    }
+    let state = match AppState::new(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("alvryn: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match crate::serve(state, crate::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("alvryn: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn config_check(data_dir: PathBuf, offline: bool) -> ExitCode {
+    let overrides = Overrides {
+        bind: None,
+        data_dir: Some(data_dir),
+    };
+    let config = match load_config(&overrides) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut out = String::new();
+    for (var, value) in config.describe() {
+        out.push_str(&format!("{var:<34} {value}\n"));
+    }
+    print!("{out}");
+    if let FieldKeys::Kms { .. } = config.field_keys {
+        if offline {
+            println!("field keys: not unwrapped (--offline)");
+            return ExitCode::SUCCESS;
+        }
+        match crate::keys::load_key_set(&config).await {
+            Ok(set) => {
+                let ids: Vec<_> = set.iter().map(|k| k.id().to_string()).collect();
+                println!(
+                    "field keys: unwrapped with KMS; active {}, previous [{}]",
+                    ids[0],
+                    ids[1..].join(", ")
+                );
+            }
+            Err(e) => {
+                eprintln!("alvryn: field-encryption keys: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+    } else if let FieldKeys::Static { active, previous } = &config.field_keys {
+        let prev: Vec<_> = previous
+            .iter()
+            .map(|k| KeyMaterial::fingerprinted(k.clone()).id().to_string())
+            .collect();
+        println!(
+            "field keys: active {}, previous [{}]",
+            KeyMaterial::fingerprinted(active.clone()).id(),
+            prev.join(", ")
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+async fn keys_generate(
+    kms_key_id: Option<String>,
+    output: Option<PathBuf>,
+    force: bool,
+) -> ExitCode {
+    let Some(kms_key_id) = kms_key_id else {
+        return match SecretBytes::random(32) {
+            Ok(key) => {
+                let b64 = Zeroizing::new(STANDARD.encode(key.expose()));
+                eprintln!(
+                    "A new field-encryption key (base64). Store it in your secret manager as FIELD_ENCRYPTION_KEY;"
+                );
+                eprintln!("it is shown only this once.");
+                println!("{}", b64.as_str());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("alvryn: {e}");
+                ExitCode::from(EXIT_FAILURE)
+            }
+        };
+    };
+    let Some(output) = output else {
+        eprintln!("alvryn: --output is required with --kms-key-id");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .create_new(!force)
+        .truncate(true)
+        .mode(0o600)
+        .open(&output);
+    let mut file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            eprintln!(
+                "alvryn: {} exists; pass --force to replace it",
+                output.display()
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(e) => {
+            eprintln!("alvryn: cannot write {}: {e}", output.display());
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let client = crate::keys::kms_client().await;
+    let (key, blob) = match alvryn_core::key::kms::generate_wrapped_key(&client, &kms_key_id).await
+    {
+        Ok(pair) => pair,
+        Err(e) => {
+            drop(file);
+            // Leave nothing behind that looks like a usable blob.
+            let _ = std::fs::remove_file(&output);
+            eprintln!("alvryn: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let blob_b64 = STANDARD.encode(&blob);
+    if let Err(e) = writeln!(file, "{blob_b64}").and_then(|()| file.sync_all()) {
+        eprintln!("alvryn: cannot write {}: {e}", output.display());
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    let id = KeyMaterial::fingerprinted(key.clone()).id().clone();
+    let plain = Zeroizing::new(STANDARD.encode(key.expose()));
+    eprintln!(
+        "Wrote the KMS-encrypted key to {} (set FIELD_ENCRYPTION_KEY_ENC to its contents).",
+        output.display()
+    );
+    eprintln!("Key id: {id}");
+    eprintln!(
+        "WARNING: the plaintext key follows, shown only this once. Store it offline as a recovery copy;"
+    );
+    eprintln!("anyone holding it can read every encrypted field.");
+    println!("{}", plain.as_str());
+    ExitCode::SUCCESS
+}

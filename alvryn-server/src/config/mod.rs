@@ -1,0 +1,631 @@
+//! Every setting of the server, read from the environment in one place,
+//! validated once, with all problems reported together.
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `ALVRYN_ENV` | `production` makes every required value mandatory; anything else (or unset) is development |
+//! | `ALVRYN_BIND`, `ALVRYN_DATA_DIR` | listen address, embedded data folder (also `--bind`, `--data-dir`) |
+//! | `MONGO_URI` | MongoDB connection string; unset means the embedded store |
+//! | `JWT_SECRET`, `JWT_REFRESH_SECRET` | HMAC secrets for access and refresh tokens, at least 32 bytes each, different |
+//! | `BACKEND_URL`, `FRONTEND_URL` | public URLs of this server and of the web app |
+//! | `STRIPE_SECRET_KEY`, `STRIPE_WEBHOOK_SECRET` | Stripe API key (`sk_`/`rk_`) and webhook signing secret (`whsec_`) |
+//! | `STRIPE_PRICE_MAP` / `STRIPE_PRICE_MAP_JSON` | which plan each price grants: `price_a:pro,price_b:team` or JSON |
+//! | `STRIPE_EVENT_S3_BUCKET` | S3 bucket for the raw webhook archive |
+//! | `GOOGLE_CLIENT_ID/SECRET`, `MICROSOFT_CLIENT_ID/SECRET` | OAuth clients; each pair all or nothing |
+//! | `FIELD_ENCRYPTION_KEY` / `FIELD_ENCRYPTION_KEY_ENC` | field key: 32 raw bytes or base64, or a KMS-wrapped blob |
+//! | `FIELD_ENCRYPTION_PREVIOUS_KEYS` / `FIELD_ENCRYPTION_PREVIOUS_KEYS_ENC` | comma-separated decrypt-only keys (base64) or KMS blobs |
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use alvryn_core::billing::PriceMap;
+use alvryn_core::key::kms::WrappedKey;
+use alvryn_core::key::parse_key;
+use alvryn_core::secret::{SecretBytes, SecretString};
+use url::Url;
+
+/// Shortest JWT secret accepted, in bytes.
+pub const MIN_JWT_SECRET_LEN: usize = 32;
+
+/// Development or production.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Missing values are generated or defaulted, loudly.
+    Development,
+    /// Every required value must be set and valid.
+    Production,
+}
+
+/// One thing wrong with the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The variable concerned.
+    pub var: &'static str,
+    /// What is wrong; never contains the value.
+    pub message: String,
+}
+
+/// Every problem found, in one error.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The problems, in the order of the variable table.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "the configuration has {} problem(s):",
+            self.problems.len()
+        )?;
+        for p in &self.problems {
+            writeln!(f, "  - {}: {}", p.var, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the field-encryption keys come from.
+#[derive(Clone, Debug)]
+pub enum FieldKeys {
+    /// Keys given directly (`FIELD_ENCRYPTION_KEY`).
+    Static {
+        /// The active key.
+        active: SecretBytes,
+        /// Decrypt-only keys.
+        previous: Vec<SecretBytes>,
+    },
+    /// KMS-wrapped keys (`FIELD_ENCRYPTION_KEY_ENC`), unwrapped at startup.
+    Kms {
+        /// The active key's blob.
+        active: WrappedKey,
+        /// Decrypt-only keys' blobs.
+        previous: Vec<WrappedKey>,
+    },
+    /// Development only: generate (or reuse) a key in the data folder.
+    DevGenerated,
+}
+
+/// An OAuth client registration.
+#[derive(Clone, Debug)]
+pub struct OAuthClient {
+    /// The public client id.
+    pub client_id: String,
+    /// The client secret.
+    pub client_secret: SecretString,
+}
+
+/// Stripe settings.
+#[derive(Clone, Debug)]
+pub struct StripeConfig {
+    /// API key.
+    pub secret_key: SecretString,
+    /// Webhook signing secret.
+    pub webhook_secret: SecretString,
+    /// Which plan each price grants.
+    pub price_map: PriceMap,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Development or production.
+    pub mode: Mode,
+    /// Listen address.
+    pub bind: SocketAddr,
+    /// Embedded data folder.
+    pub data_dir: PathBuf,
+    /// MongoDB URI; `None` selects the embedded store.
+    pub mongo_uri: Option<SecretString>,
+    /// Access-token secret; `None` in development means generate.
+    pub jwt_secret: Option<SecretBytes>,
+    /// Refresh-token secret; `None` in development means generate.
+    pub jwt_refresh_secret: Option<SecretBytes>,
+    /// Public URL of this server.
+    pub backend_url: Url,
+    /// Public URL of the web app (CORS origin, redirects).
+    pub frontend_url: Url,
+    /// Stripe, when configured.
+    pub stripe: Option<StripeConfig>,
+    /// Raw webhook archive bucket.
+    pub stripe_event_bucket: Option<String>,
+    /// Google login, when configured.
+    pub google: Option<OAuthClient>,
+    /// Microsoft login, when configured.
+    pub microsoft: Option<OAuthClient>,
+    /// Field-encryption keys.
+    pub field_keys: FieldKeys,
+}
+
+/// Values given on the command line, which win over the environment.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--bind`.
+    pub bind: Option<SocketAddr>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+}
+
+struct Reader<'a> {
+    get: &'a dyn Fn(&str) -> Option<OsString>,
+    problems: Vec<Problem>,
+    mode: Mode,
+}
+
+impl Reader<'_> {
+    fn problem(&mut self, var: &'static str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            var,
+            message: message.into(),
+        });
+    }
+
+    fn has_problem(&self, var: &str) -> bool {
+        self.problems.iter().any(|p| p.var == var)
+    }
+
+    /// The raw value; empty counts as unset.
+    fn raw(&mut self, var: &'static str) -> Option<OsString> {
+        (self.get)(var).filter(|v| !v.is_empty())
+    }
+
+    /// A value that must be UTF-8.
+    fn text(&mut self, var: &'static str) -> Option<String> {
+        let raw = self.raw(var)?;
+        match raw.into_string() {
+            Ok(s) => Some(s),
+            Err(_) => {
+                self.problem(var, "is not valid UTF-8");
+                None
+            }
+        }
+    }
+
+    fn required_in_production<T>(&mut self, var: &'static str, value: Option<T>) -> Option<T> {
+        if value.is_none() && self.mode == Mode::Production {
+            self.problem(var, "is required in production");
+        }
+        value
+    }
+
+    fn url(&mut self, var: &'static str) -> Option<Url> {
+        let text = self.text(var);
+        let text = self.required_in_production(var, text)?;
+        let url = match Url::parse(text.trim()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
+            _ => {
+                self.problem(
+                    var,
+                    "must be an absolute http(s) URL, e.g. https://api.example.com",
+                );
+                return None;
+            }
+        };
+        if self.mode == Mode::Production && url.scheme() != "https" {
+            self.problem(var, "must use https in production");
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            self.problem(var, "must not contain credentials");
+            return None;
+        }
+        Some(url)
+    }
+
+    fn jwt_secret(&mut self, var: &'static str) -> Option<SecretBytes> {
+        let raw = self.raw(var);
+        let raw = self.required_in_production(var, raw)?;
+        let bytes = SecretBytes::new(raw.as_bytes().to_vec());
+        drop(raw);
+        if bytes.len() < MIN_JWT_SECRET_LEN {
+            self.problem(
+                var,
+                format!(
+                    "is {} bytes long; it must be at least {MIN_JWT_SECRET_LEN} random bytes",
+                    bytes.len()
+                ),
+            );
+            return None;
+        }
+        Some(bytes)
+    }
+
+    fn prefixed_secret(&mut self, var: &'static str, prefixes: &[&str]) -> Option<SecretString> {
+        let text = self.text(var)?;
+        let secret = SecretString::new(text);
+        if !prefixes.iter().any(|p| secret.expose().starts_with(p))
+            || secret.expose().contains(char::is_whitespace)
+        {
+            self.problem(var, format!("must start with {}", prefixes.join(" or ")));
+            return None;
+        }
+        Some(secret)
+    }
+
+    fn oauth(&mut self, id_var: &'static str, secret_var: &'static str) -> Option<OAuthClient> {
+        let id = self.text(id_var);
+        let secret = self.text(secret_var).map(SecretString::new);
+        match (id, secret) {
+            (Some(client_id), Some(client_secret)) => Some(OAuthClient {
+                client_id: client_id.trim().to_owned(),
+                client_secret,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                self.problem(secret_var, format!("is required when {id_var} is set"));
+                None
+            }
+            (None, Some(_)) => {
+                self.problem(id_var, format!("is required when {secret_var} is set"));
+                None
+            }
+        }
+    }
+
+    fn field_keys(&mut self) -> Option<FieldKeys> {
+        const RAW: &str = "FIELD_ENCRYPTION_KEY";
+        const ENC: &str = "FIELD_ENCRYPTION_KEY_ENC";
+        const PREV: &str = "FIELD_ENCRYPTION_PREVIOUS_KEYS";
+        const PREV_ENC: &str = "FIELD_ENCRYPTION_PREVIOUS_KEYS_ENC";
+        let raw = self.raw(RAW);
+        let enc = self.text(ENC);
+        match (raw, enc) {
+            (Some(_), Some(_)) => {
+                self.problem(RAW, format!("set either {RAW} or {ENC}, not both"));
+                None
+            }
+            (Some(raw), None) => {
+                let active = parse_key(RAW, raw.as_bytes())
+                    .map_err(|e| self.problem(RAW, strip_var(RAW, &e.to_string())));
+                let mut previous = Vec::new();
+                if let Some(list) = self.text(PREV) {
+                    for (i, item) in list
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .enumerate()
+                    {
+                        match parse_key(&format!("entry {}", i + 1), item.as_bytes()) {
+                            Ok(k) => previous.push(k),
+                            Err(e) => self.problem(PREV, e.to_string()),
+                        }
+                    }
+                }
+                if self.raw(PREV_ENC).is_some() {
+                    self.problem(PREV_ENC, format!("goes with {ENC}; with {RAW} use {PREV}"));
+                }
+                Some(FieldKeys::Static {
+                    active: active.ok()?,
+                    previous,
+                })
+            }
+            (None, Some(enc)) => {
+                let active = WrappedKey::from_base64(ENC, &enc)
+                    .map_err(|e| self.problem(ENC, strip_var(ENC, &e.to_string())));
+                let mut previous = Vec::new();
+                if let Some(list) = self.text(PREV_ENC) {
+                    for (i, item) in list
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .enumerate()
+                    {
+                        match WrappedKey::from_base64(&format!("{PREV_ENC} entry {}", i + 1), item)
+                        {
+                            Ok(k) => previous.push(k),
+                            Err(e) => self.problem(PREV_ENC, strip_var(PREV_ENC, &e.to_string())),
+                        }
+                    }
+                }
+                if self.raw(PREV).is_some() {
+                    self.problem(PREV, format!("goes with {RAW}; with {ENC} use {PREV_ENC}"));
+                }
+                Some(FieldKeys::Kms {
+                    active: active.ok()?,
+                    previous,
+                })
+            }
+            (None, None) => {
+                if self.mode == Mode::Production {
+                    self.problem(RAW, format!("{RAW} or {ENC} is required in production"));
+                    None
+                } else {
+                    Some(FieldKeys::DevGenerated)
+                }
+            }
+        }
+    }
+
+    fn stripe(&mut self) -> Option<StripeConfig> {
+        let key = self.prefixed_secret("STRIPE_SECRET_KEY", &["sk_", "rk_"]);
+        let whsec = self.prefixed_secret("STRIPE_WEBHOOK_SECRET", &["whsec_"]);
+        let pairs = self.text("STRIPE_PRICE_MAP");
+        let json = self.text("STRIPE_PRICE_MAP_JSON");
+        let any_set = key.is_some() || whsec.is_some() || pairs.is_some() || json.is_some();
+        let price_map = match (pairs, json) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    "STRIPE_PRICE_MAP",
+                    "set either STRIPE_PRICE_MAP or STRIPE_PRICE_MAP_JSON, not both",
+                );
+                None
+            }
+            (Some(p), None) => PriceMap::parse_pairs(&p)
+                .map_err(|e| self.problem("STRIPE_PRICE_MAP", e.to_string()))
+                .ok(),
+            (None, Some(j)) => PriceMap::parse_json(&j)
+                .map_err(|e| self.problem("STRIPE_PRICE_MAP_JSON", e.to_string()))
+                .ok(),
+            (None, None) => None,
+        };
+        if !any_set && self.mode == Mode::Development {
+            return None;
+        }
+        let why = if self.mode == Mode::Production {
+            "is required in production"
+        } else {
+            "is required once any STRIPE_ setting is given"
+        };
+        if key.is_none() && !self.has_problem("STRIPE_SECRET_KEY") {
+            self.problem("STRIPE_SECRET_KEY", why);
+        }
+        if whsec.is_none() && !self.has_problem("STRIPE_WEBHOOK_SECRET") {
+            self.problem("STRIPE_WEBHOOK_SECRET", why);
+        }
+        if price_map.is_none()
+            && !self.has_problem("STRIPE_PRICE_MAP")
+            && !self.has_problem("STRIPE_PRICE_MAP_JSON")
+        {
+            self.problem(
+                "STRIPE_PRICE_MAP",
+                format!("(or STRIPE_PRICE_MAP_JSON) {why}"),
+            );
+        }
+        Some(StripeConfig {
+            secret_key: key?,
+            webhook_secret: whsec?,
+            price_map: price_map?,
+        })
+    }
+
+    fn bucket(&mut self) -> Option<String> {
+        let b = self.text("STRIPE_EVENT_S3_BUCKET")?;
+        let b = b.trim().to_owned();
+        let valid = (3..=63).contains(&b.len())
+            && b.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
+            && b.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && b.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !valid {
+            self.problem(
+                "STRIPE_EVENT_S3_BUCKET",
+                "is not a valid S3 bucket name (3-63 characters of a-z 0-9 . -)",
+            );
+            return None;
+        }
+        Some(b)
+    }
+}
+
+/// `parse_key` names its source in its message; the problem list names
+/// the variable already.
+fn strip_var(var: &str, message: &str) -> String {
+    message
+        .strip_prefix(var)
+        .map(|m| m.trim_start_matches(": ").to_owned())
+        .unwrap_or_else(|| message.to_owned())
+}
+
+impl Config {
+    /// Reads the process environment.
+    ///
+    /// # Errors
+    /// Every problem found, at once.
+    pub fn from_env(overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::from_lookup(&|name| std::env::var_os(name), overrides)
+    }
+
+    /// Reads configuration through `get` (the environment, or a map in
+    /// tests).
+    ///
+    /// # Errors
+    /// Every problem found, at once; no message contains a secret value.
+    pub fn from_lookup(
+        get: &dyn Fn(&str) -> Option<OsString>,
+        overrides: &Overrides,
+    ) -> Result<Self, ConfigError> {
+        let mut r = Reader {
+            get,
+            problems: Vec::new(),
+            mode: Mode::Development,
+        };
+        r.mode = match r.text("ALVRYN_ENV").as_deref().map(str::trim) {
+            Some("production" | "prod") => Mode::Production,
+            None | Some("development" | "dev") => Mode::Development,
+            Some(_) => {
+                r.problem("ALVRYN_ENV", "must be production or development");
+                Mode::Development
+            }
+        };
+        let bind = match overrides.bind {
+            Some(b) => Some(b),
+            None => match r.text("ALVRYN_BIND") {
+                None => Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+                Some(t) => t
+                    .trim()
+                    .parse()
+                    .map_err(|_| r.problem("ALVRYN_BIND", "must be an address like 127.0.0.1:8080"))
+                    .ok(),
+            },
+        };
+        let data_dir = overrides
+            .data_dir
+            .clone()
+            .or_else(|| r.raw("ALVRYN_DATA_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("./alvryn-data"));
+
+        let mongo_uri = r.text("MONGO_URI").map(SecretString::new);
+        let mongo_uri = r.required_in_production("MONGO_URI", mongo_uri);
+        if let Some(uri) = &mongo_uri {
+            if !(uri.expose().starts_with("mongodb://")
+                || uri.expose().starts_with("mongodb+srv://"))
+            {
+                r.problem("MONGO_URI", "must start with mongodb:// or mongodb+srv://");
+            }
+        }
+        let jwt_secret = r.jwt_secret("JWT_SECRET");
+        let jwt_refresh_secret = r.jwt_secret("JWT_REFRESH_SECRET");
+        if let (Some(a), Some(b)) = (&jwt_secret, &jwt_refresh_secret) {
+            if a == b {
+                r.problem("JWT_REFRESH_SECRET", "must differ from JWT_SECRET");
+            }
+        }
+        let backend_url = r.url("BACKEND_URL");
+        let frontend_url = r.url("FRONTEND_URL");
+        let stripe = r.stripe();
+        let stripe_event_bucket = r.bucket();
+        let google = r.oauth("GOOGLE_CLIENT_ID", "GOOGLE_CLIENT_SECRET");
+        let microsoft = r.oauth("MICROSOFT_CLIENT_ID", "MICROSOFT_CLIENT_SECRET");
+        let field_keys = r.field_keys();
+
+        if !r.problems.is_empty() {
+            return Err(ConfigError {
+                problems: r.problems,
+            });
+        }
+        let bind = bind.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let default_url = |s: String| Url::parse(&s).ok();
+        let backend_url = backend_url
+            .or_else(|| default_url(format!("http://{bind}")))
+            .ok_or_else(|| ConfigError {
+                problems: vec![Problem {
+                    var: "BACKEND_URL",
+                    message: "could not be derived from the bind address".into(),
+                }],
+            })?;
+        let frontend_url = frontend_url
+            .or_else(|| default_url("http://localhost:3000".into()))
+            .ok_or_else(|| ConfigError {
+                problems: vec![Problem {
+                    var: "FRONTEND_URL",
+                    message: "missing".into(),
+                }],
+            })?;
+        Ok(Config {
+            mode: r.mode,
+            bind,
+            data_dir,
+            mongo_uri,
+            jwt_secret,
+            jwt_refresh_secret,
+            backend_url,
+            frontend_url,
+            stripe,
+            stripe_event_bucket,
+            google,
+            microsoft,
+            field_keys: field_keys.unwrap_or(FieldKeys::DevGenerated),
+        })
+    }
+
+    /// The effective configuration, one line per setting, secrets
+    /// replaced by a description. Safe to print and log.
+    #[must_use]
+    pub fn describe(&self) -> BTreeMap<&'static str, String> {
+        let secret = |s: Option<usize>| match s {
+            Some(len) => format!("set ({len} bytes, redacted)"),
+            None => "not set; generated in the data folder (development)".to_owned(),
+        };
+        let unset = "not set".to_owned();
+        let mut m = BTreeMap::new();
+        m.insert(
+            "ALVRYN_ENV",
+            match self.mode {
+                Mode::Production => "production".to_owned(),
+                Mode::Development => "development".to_owned(),
+            },
+        );
+        m.insert("ALVRYN_BIND", self.bind.to_string());
+        m.insert("ALVRYN_DATA_DIR", self.data_dir.display().to_string());
+        m.insert(
+            "MONGO_URI",
+            if self.mongo_uri.is_some() {
+                "set (redacted)".to_owned()
+            } else {
+                "not set; embedded store in the data folder".to_owned()
+            },
+        );
+        m.insert(
+            "JWT_SECRET",
+            secret(self.jwt_secret.as_ref().map(SecretBytes::len)),
+        );
+        m.insert(
+            "JWT_REFRESH_SECRET",
+            secret(self.jwt_refresh_secret.as_ref().map(SecretBytes::len)),
+        );
+        m.insert("BACKEND_URL", self.backend_url.to_string());
+        m.insert("FRONTEND_URL", self.frontend_url.to_string());
+        match &self.stripe {
+            Some(s) => {
+                m.insert(
+                    "STRIPE_SECRET_KEY",
+                    format!("set ({} bytes, redacted)", s.secret_key.len()),
+                );
+                m.insert(
+                    "STRIPE_WEBHOOK_SECRET",
+                    format!("set ({} bytes, redacted)", s.webhook_secret.len()),
+                );
+                let map: Vec<String> = s
+                    .price_map
+                    .iter()
+                    .map(|(p, plan)| format!("{p}:{plan}"))
+                    .collect();
+                m.insert("STRIPE_PRICE_MAP", map.join(","));
+            }
+            None => {
+                m.insert("STRIPE_SECRET_KEY", "not set; billing disabled".to_owned());
+            }
+        }
+        m.insert(
+            "STRIPE_EVENT_S3_BUCKET",
+            self.stripe_event_bucket
+                .clone()
+                .unwrap_or_else(|| "not set; raw events kept in the database".to_owned()),
+        );
+        for (name, client) in [
+            ("GOOGLE_CLIENT_ID", &self.google),
+            ("MICROSOFT_CLIENT_ID", &self.microsoft),
+        ] {
+            m.insert(
+                name,
+                client.as_ref().map_or_else(
+                    || format!("{unset}; login disabled"),
+                    |c| format!("{} (secret redacted)", c.client_id),
+                ),
+            );
+        }
+        m.insert(
+            "FIELD_ENCRYPTION_KEY",
+            match &self.field_keys {
+                FieldKeys::Static { previous, .. } => {
+                    format!("set (redacted), {} previous key(s)", previous.len())
+                }
+                FieldKeys::Kms { previous, .. } => format!(
+                    "KMS-wrapped (FIELD_ENCRYPTION_KEY_ENC), {} previous key(s)",
+                    previous.len()
+                ),
+                FieldKeys::DevGenerated => {
+                    "not set; generated in the data folder (development)".to_owned()
+                }
+            },
+        );
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,348 @@
+use std::collections::HashMap;
+
+use super::*;
+
+const KEY_B64: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // base64 of 32 bytes
+const JWT: &str = "jwt-secret-that-is-long-enough-0123456789";
+const JWT_REFRESH: &str = "refresh-secret-that-is-long-enough-012345";
+const STRIPE_KEY: &str = "sk_test_51SuperSecretStripeKey";
+const WHSEC: &str = "whsec_SuperSecretSigningSecret";
+const GOOGLE_SECRET: &str = "GOCSPX-google-client-secret";
+
+fn production() -> HashMap<&'static str, String> {
+    [
+        ("ALVRYN_ENV", "production"),
+        (
+            "MONGO_URI",
+            "mongodb://user:mongopass@db.internal:27017/alvryn",
+        ),
+        ("JWT_SECRET", JWT),
+        ("JWT_REFRESH_SECRET", JWT_REFRESH),
+        ("BACKEND_URL", "https://api.example.com"),
+        ("FRONTEND_URL", "https://app.example.com"),
+        ("STRIPE_SECRET_KEY", STRIPE_KEY),
+        ("STRIPE_WEBHOOK_SECRET", WHSEC),
+        ("STRIPE_PRICE_MAP", "price_1PgafmB7WZ01zgkW6dKueIc5:pro"),
+        ("STRIPE_EVENT_S3_BUCKET", "alvryn-stripe-events"),
+        ("GOOGLE_CLIENT_ID", "123.apps.googleusercontent.com"),
+        ("GOOGLE_CLIENT_SECRET", GOOGLE_SECRET),
+        ("FIELD_ENCRYPTION_KEY", KEY_B64),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k, v.to_owned()))
+    .collect()
+}
+
+fn load(env: &HashMap<&'static str, String>) -> Result<Config, ConfigError> {
+    Config::from_lookup(
+        &|name| env.get(name).map(OsString::from),
+        &Overrides::default(),
+    )
+}
+
+/// Every secret value used in these tests: none may appear in any output.
+fn assert_no_secret(text: &str, env: &HashMap<&'static str, String>) {
+    let mut secrets = vec![
+        KEY_B64,
+        JWT,
+        JWT_REFRESH,
+        STRIPE_KEY,
+        WHSEC,
+        GOOGLE_SECRET,
+        "mongopass",
+    ];
+    for var in [
+        "FIELD_ENCRYPTION_KEY",
+        "JWT_SECRET",
+        "STRIPE_SECRET_KEY",
+        "MONGO_URI",
+    ] {
+        if let Some(v) = env.get(var) {
+            secrets.push(v.as_str());
+        }
+    }
+    for s in secrets.into_iter().filter(|s| s.len() >= 6) {
+        assert!(
+            !text.contains(s),
+            "output contains a secret value {s:?}:\n{text}"
+        );
+    }
+}
+
+fn problems_for(env: &HashMap<&'static str, String>) -> Vec<Problem> {
+    let err = load(env).expect_err("expected a configuration error");
+    assert_no_secret(&err.to_string(), env);
+    assert_no_secret(&format!("{err:?}"), env);
+    err.problems
+}
+
+fn has(problems: &[Problem], var: &str, needle: &str) -> bool {
+    problems
+        .iter()
+        .any(|p| p.var == var && p.message.contains(needle))
+}
+
+#[test]
+fn an_empty_environment_is_a_working_development_setup() {
+    let cfg = load(&HashMap::new()).unwrap();
+    assert_eq!(cfg.mode, Mode::Development);
+    assert_eq!(cfg.bind.to_string(), "127.0.0.1:8080");
+    assert_eq!(cfg.data_dir, PathBuf::from("./alvryn-data"));
+    assert!(matches!(cfg.field_keys, FieldKeys::DevGenerated));
+    assert!(cfg.stripe.is_none() && cfg.mongo_uri.is_none() && cfg.jwt_secret.is_none());
+    assert_eq!(cfg.backend_url.as_str(), "http://127.0.0.1:8080/");
+}
+
+#[test]
+fn a_complete_production_environment_loads_and_never_prints_secrets() {
+    let env = production();
+    let cfg = load(&env).unwrap();
+    assert_eq!(cfg.mode, Mode::Production);
+    assert!(matches!(cfg.field_keys, FieldKeys::Static { .. }));
+    assert_eq!(cfg.stripe.as_ref().unwrap().price_map.len(), 1);
+    assert_no_secret(&format!("{cfg:?}"), &env);
+    let described = format!("{:?}", cfg.describe());
+    assert_no_secret(&described, &env);
+    assert!(described.contains("price_1PgafmB7WZ01zgkW6dKueIc5:pro"));
+}
+
+#[test]
+fn production_with_nothing_set_names_every_missing_value_at_once() {
+    let env: HashMap<_, _> = [("ALVRYN_ENV", "production".to_owned())]
+        .into_iter()
+        .collect();
+    let p = problems_for(&env);
+    for var in [
+        "MONGO_URI",
+        "JWT_SECRET",
+        "JWT_REFRESH_SECRET",
+        "BACKEND_URL",
+        "FRONTEND_URL",
+        "STRIPE_SECRET_KEY",
+        "STRIPE_WEBHOOK_SECRET",
+        "STRIPE_PRICE_MAP",
+        "FIELD_ENCRYPTION_KEY",
+    ] {
+        assert!(has(&p, var, "required"), "{var} not reported: {p:?}");
+    }
+    let text = ConfigError {
+        problems: p.clone(),
+    }
+    .to_string();
+    assert!(text.starts_with(&format!("the configuration has {} problem(s)", p.len())));
+}
+
+#[test]
+fn a_31_byte_key_names_the_variable_and_the_length() {
+    let mut env = production();
+    env.insert(
+        "FIELD_ENCRYPTION_KEY",
+        "0123456789abcdef0123456789abcde".to_owned(),
+    );
+    let p = problems_for(&env);
+    assert!(has(&p, "FIELD_ENCRYPTION_KEY", "31 bytes"), "{p:?}");
+    assert_eq!(p.len(), 1, "{p:?}");
+}
+
+#[test]
+fn bad_base64_is_reported_without_the_value() {
+    let mut env = production();
+    env.insert(
+        "FIELD_ENCRYPTION_KEY",
+        "this-is-not*base64*at-all!!".to_owned(),
+    );
+    let p = problems_for(&env);
+    assert!(has(&p, "FIELD_ENCRYPTION_KEY", "not valid base64"), "{p:?}");
+    let mut env = production();
+    env.insert("FIELD_ENCRYPTION_KEY_ENC", "%%%".to_owned());
+    env.remove("FIELD_ENCRYPTION_KEY");
+    assert!(has(
+        &problems_for(&env),
+        "FIELD_ENCRYPTION_KEY_ENC",
+        "not valid base64"
+    ));
+}
+
+#[test]
+fn base64_of_the_wrong_length_is_reported() {
+    let mut env = production();
+    env.insert("FIELD_ENCRYPTION_KEY", "c2hvcnQta2V5".to_owned()); // "short-key"
+    assert!(has(
+        &problems_for(&env),
+        "FIELD_ENCRYPTION_KEY",
+        "decodes from base64 to 9 bytes"
+    ));
+}
+
+#[test]
+fn both_key_sources_at_once_is_an_error() {
+    let mut env = production();
+    env.insert("FIELD_ENCRYPTION_KEY_ENC", "AQIDBA==".to_owned());
+    assert!(has(&problems_for(&env), "FIELD_ENCRYPTION_KEY", "not both"));
+}
+
+#[test]
+fn previous_keys_are_parsed_and_checked() {
+    let mut env = production();
+    env.insert(
+        "FIELD_ENCRYPTION_PREVIOUS_KEYS",
+        format!("{KEY_B64}, {KEY_B64}"),
+    );
+    match load(&env).unwrap().field_keys {
+        FieldKeys::Static { previous, .. } => assert_eq!(previous.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    env.insert(
+        "FIELD_ENCRYPTION_PREVIOUS_KEYS",
+        format!("{KEY_B64},c2hvcnQ="),
+    );
+    assert!(has(
+        &problems_for(&env),
+        "FIELD_ENCRYPTION_PREVIOUS_KEYS",
+        "entry 2"
+    ));
+}
+
+#[test]
+fn bad_price_maps_are_reported() {
+    for (var, value, needle) in [
+        (
+            "STRIPE_PRICE_MAP",
+            "price_abc=pro",
+            "entry 1 is not of the form",
+        ),
+        (
+            "STRIPE_PRICE_MAP",
+            "price_abc:pro,prod_x:team",
+            "entry 2: price ids",
+        ),
+        ("STRIPE_PRICE_MAP_JSON", "{\"price_abc\": 5}", "entry 1"),
+        ("STRIPE_PRICE_MAP_JSON", "not json", "not a JSON object"),
+    ] {
+        let mut env = production();
+        env.remove("STRIPE_PRICE_MAP");
+        env.insert(var, value.to_owned());
+        let p = problems_for(&env);
+        assert!(has(&p, var, needle), "{value}: {p:?}");
+        assert_eq!(p.len(), 1, "{p:?}");
+    }
+    let mut env = production();
+    env.insert(
+        "STRIPE_PRICE_MAP_JSON",
+        "{\"price_abc\":\"pro\"}".to_owned(),
+    );
+    assert!(has(&problems_for(&env), "STRIPE_PRICE_MAP", "not both"));
+}
+
+#[test]
+fn weak_or_equal_jwt_secrets_are_rejected() {
+    let mut env = production();
+    env.insert("JWT_SECRET", "short-secret".to_owned());
+    env.insert("JWT_REFRESH_SECRET", "short-secret".to_owned());
+    let p = problems_for(&env);
+    assert!(has(&p, "JWT_SECRET", "12 bytes long"), "{p:?}");
+    let mut env = production();
+    env.insert("JWT_REFRESH_SECRET", JWT.to_owned());
+    assert!(has(
+        &problems_for(&env),
+        "JWT_REFRESH_SECRET",
+        "must differ"
+    ));
+}
+
+#[test]
+fn malformed_values_of_every_other_kind_are_reported_together() {
+    let mut env = production();
+    env.insert("MONGO_URI", "postgres://user:mongopass@x".to_owned());
+    env.insert("BACKEND_URL", "http://api.example.com".to_owned());
+    env.insert("FRONTEND_URL", "not a url".to_owned());
+    env.insert("STRIPE_SECRET_KEY", "pk_live_publishable".to_owned());
+    env.insert("STRIPE_WEBHOOK_SECRET", "secret_without_prefix".to_owned());
+    env.insert("STRIPE_EVENT_S3_BUCKET", "Bad_Bucket".to_owned());
+    env.remove("GOOGLE_CLIENT_ID");
+    env.insert("MICROSOFT_CLIENT_ID", "ms-app".to_owned());
+    env.insert("ALVRYN_BIND", "everywhere".to_owned());
+    let p = problems_for(&env);
+    for (var, needle) in [
+        ("MONGO_URI", "mongodb://"),
+        ("BACKEND_URL", "https in production"),
+        ("FRONTEND_URL", "absolute http(s) URL"),
+        ("STRIPE_SECRET_KEY", "sk_ or rk_"),
+        ("STRIPE_WEBHOOK_SECRET", "whsec_"),
+        ("STRIPE_EVENT_S3_BUCKET", "bucket name"),
+        ("GOOGLE_CLIENT_ID", "required when GOOGLE_CLIENT_SECRET"),
+        (
+            "MICROSOFT_CLIENT_SECRET",
+            "required when MICROSOFT_CLIENT_ID",
+        ),
+        ("ALVRYN_BIND", "address"),
+    ] {
+        assert!(has(&p, var, needle), "{var}: {p:?}");
+    }
+    assert_eq!(p.len(), 9, "{p:?}");
+    assert_no_secret(&format!("{p:?}"), &env);
+}
+
+#[test]
+fn partial_stripe_settings_in_development_are_an_error() {
+    let env: HashMap<_, _> = [("STRIPE_SECRET_KEY", STRIPE_KEY.to_owned())]
+        .into_iter()
+        .collect();
+    let p = problems_for(&env);
+    assert!(
+        has(&p, "STRIPE_WEBHOOK_SECRET", "once any STRIPE_"),
+        "{p:?}"
+    );
+    assert!(has(&p, "STRIPE_PRICE_MAP", "once any STRIPE_"), "{p:?}");
+}
+
+#[test]
+fn unknown_environment_names_are_rejected() {
+    let env: HashMap<_, _> = [("ALVRYN_ENV", "prodution".to_owned())]
+        .into_iter()
+        .collect();
+    assert!(has(
+        &problems_for(&env),
+        "ALVRYN_ENV",
+        "production or development"
+    ));
+}
+
+#[test]
+fn command_line_overrides_win() {
+    let env: HashMap<_, _> = [("ALVRYN_BIND", "127.0.0.1:1".to_owned())]
+        .into_iter()
+        .collect();
+    let o = Overrides {
+        bind: Some("127.0.0.1:9999".parse().unwrap()),
+        data_dir: Some("/tmp/x".into()),
+    };
+    let cfg = Config::from_lookup(&|n| env.get(n).map(OsString::from), &o).unwrap();
+    assert_eq!(cfg.bind.port(), 9999);
+    assert_eq!(cfg.data_dir, PathBuf::from("/tmp/x"));
+}
+
+#[test]
+fn raw_32_byte_keys_with_non_utf8_bytes_are_accepted() {
+    use std::os::unix::ffi::OsStringExt;
+    let raw: Vec<u8> = (0..32u8)
+        .map(|b| b.wrapping_mul(37).wrapping_add(200))
+        .collect();
+    let mut env = production();
+    env.remove("FIELD_ENCRYPTION_KEY");
+    let cfg = Config::from_lookup(
+        &|n| {
+            if n == "FIELD_ENCRYPTION_KEY" {
+                Some(OsString::from_vec(raw.clone()))
+            } else {
+                env.get(n).map(OsString::from)
+            }
+        },
+        &Overrides::default(),
+    )
+    .unwrap();
+    match cfg.field_keys {
+        FieldKeys::Static { active, .. } => assert_eq!(active.expose(), &raw[..]),
+        other => panic!("{other:?}"),
+    }
+}

@@ -1,0 +1,100 @@
+//! Field-encryption keys for the server: from the configuration to a
+//! ready [`FieldCipher`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alvryn_core::crypto::{FieldCipher, FieldContext, FileLedger, KeyMaterial, KeySet};
+use alvryn_core::key::{KeyError, KeyProvider, KmsKeyProvider, StaticKeyProvider};
+
+use crate::config::{Config, FieldKeys, Mode};
+use crate::dev::{DevSecrets, DevSecretsError, ensure_data_dir};
+
+/// The file, inside the data folder, that counts encryptions per key.
+pub const LEDGER_FILE: &str = "field-key-usage.json";
+
+/// Why keys could not be made ready.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeysError {
+    /// The provider failed (malformed, refused by KMS, KMS unreachable).
+    #[error(transparent)]
+    Provider(#[from] KeyError),
+    /// Development secrets could not be read or written.
+    #[error(transparent)]
+    Dev(#[from] DevSecretsError),
+    /// The data folder could not be created.
+    #[error("could not create the data folder: {0}")]
+    DataDir(#[source] std::io::Error),
+    /// The keys loaded but the cipher rejected them, or the start-up
+    /// self-test (encrypt then decrypt) failed.
+    #[error("the field cipher failed its start-up check: {0}")]
+    SelfTest(#[source] alvryn_core::crypto::CipherError),
+}
+
+/// An AWS KMS client from the standard credential chain and region
+/// settings (`AWS_ENDPOINT_URL_KMS` / `AWS_ENDPOINT_URL` override the
+/// endpoint), with bounded attempts: 3 tries, 5 s each, 15 s in all.
+pub async fn kms_client() -> aws_sdk_kms::Client {
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .operation_attempt_timeout(Duration::from_secs(5))
+        .operation_timeout(Duration::from_secs(15))
+        .build();
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3))
+        .load()
+        .await;
+    aws_sdk_kms::Client::new(&shared)
+}
+
+/// Loads the key set the configuration names (calling KMS if needed).
+///
+/// # Errors
+/// See [`KeysError`].
+pub async fn load_key_set(config: &Config) -> Result<KeySet, KeysError> {
+    match &config.field_keys {
+        FieldKeys::Static { active, previous } => {
+            let mut set = KeySet::single(KeyMaterial::fingerprinted(active.clone()));
+            set.previous
+                .extend(previous.iter().cloned().map(KeyMaterial::fingerprinted));
+            Ok(StaticKeyProvider::new(set).load().await?)
+        }
+        FieldKeys::Kms { active, previous } => {
+            let provider =
+                KmsKeyProvider::new(kms_client().await, active.clone(), previous.clone());
+            Ok(provider.load().await?)
+        }
+        FieldKeys::DevGenerated => {
+            debug_assert_eq!(config.mode, Mode::Development);
+            let dev = DevSecrets::load_or_create(&config.data_dir)?;
+            Ok(KeySet::single(KeyMaterial::fingerprinted(
+                dev.field_key.clone(),
+            )))
+        }
+    }
+}
+
+/// Loads the keys and builds the cipher, with its usage ledger in the
+/// data folder, then proves it with one encrypt/decrypt round trip.
+///
+/// # Errors
+/// See [`KeysError`].
+pub async fn field_cipher(config: &Config) -> Result<FieldCipher, KeysError> {
+    ensure_data_dir(&config.data_dir).map_err(KeysError::DataDir)?;
+    let keys = load_key_set(config).await?;
+    let ledger = Arc::new(FileLedger::new(config.data_dir.join(LEDGER_FILE)));
+    let cipher = FieldCipher::builder(keys)
+        .ledger(ledger)
+        .build()
+        .map_err(KeysError::SelfTest)?;
+    let ctx = FieldContext::new("alvryn", "startup", "self-test");
+    let sealed = cipher
+        .encrypt(&ctx, b"ok")
+        .await
+        .map_err(KeysError::SelfTest)?;
+    cipher.decrypt(&ctx, &sealed).map_err(KeysError::SelfTest)?;
+    tracing::info!(key_id = %cipher.active_key_id(), "field encryption ready");
+    Ok(cipher)
+}
