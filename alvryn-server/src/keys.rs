@@ -61,9 +61,16 @@ pub async fn load_key_set(config: &Config) -> Result<KeySet, KeysError> {
                 .extend(previous.iter().cloned().map(KeyMaterial::fingerprinted));
             Ok(StaticKeyProvider::new(set).load().await?)
         }
-        FieldKeys::Kms { active, previous } => {
-            let provider =
+        FieldKeys::Kms {
+            active,
+            previous,
+            expected_key_id,
+        } => {
+            let mut provider =
                 KmsKeyProvider::new(kms_client().await, active.clone(), previous.clone());
+            if let Some(id) = expected_key_id {
+                provider = provider.expected_key_id(id);
+            }
             Ok(provider.load().await?)
         }
         FieldKeys::DevGenerated => {

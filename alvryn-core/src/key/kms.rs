@@ -9,7 +9,8 @@
 //!
 //! Failure modes:
 //! * KMS answers with an error (no `kms:Decrypt` permission, a blob from
-//!   another key, a disabled key): [`KeyError::Refused`] naming the
+//!   another key than [`KmsKeyProvider::expected_key_id`], a damaged blob,
+//!   a disabled key): [`KeyError::Refused`] naming the
 //!   wrapped key's source and KMS's error code.
 //! * KMS cannot be reached, or does not answer within the timeout:
 //!   [`KeyError::Unavailable`].
@@ -92,6 +93,7 @@ pub struct KmsKeyProvider {
     client: aws_sdk_kms::Client,
     active: WrappedKey,
     previous: Vec<WrappedKey>,
+    expected_key_id: Option<String>,
     timeout: Duration,
 }
 
@@ -100,6 +102,7 @@ impl fmt::Debug for KmsKeyProvider {
         f.debug_struct("KmsKeyProvider")
             .field("active", &self.active)
             .field("previous", &self.previous)
+            .field("expected_key_id", &self.expected_key_id)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
@@ -113,8 +116,17 @@ impl KmsKeyProvider {
             client,
             active,
             previous,
+            expected_key_id: None,
             timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// Only accept blobs wrapped by this KMS key (id, ARN or alias), as AWS
+    /// recommends: KMS refuses a blob from any other key.
+    #[must_use]
+    pub fn expected_key_id(mut self, kms_key_id: impl Into<String>) -> Self {
+        self.expected_key_id = Some(kms_key_id.into());
+        self
     }
 
     /// Bounds one whole `load` (all keys, all retries).
@@ -129,6 +141,7 @@ impl KmsKeyProvider {
             .client
             .decrypt()
             .ciphertext_blob(Blob::new(wrapped.blob.clone()))
+            .set_key_id(self.expected_key_id.clone())
             .send()
             .await
             .map_err(|e| sdk_error(&wrapped.source_name, e))?;

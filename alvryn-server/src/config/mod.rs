@@ -14,6 +14,7 @@
 //! | `GOOGLE_CLIENT_ID/SECRET`, `MICROSOFT_CLIENT_ID/SECRET` | OAuth clients; each pair all or nothing |
 //! | `FIELD_ENCRYPTION_KEY` / `FIELD_ENCRYPTION_KEY_ENC` | field key: 32 raw bytes or base64, or a KMS-wrapped blob |
 //! | `FIELD_ENCRYPTION_PREVIOUS_KEYS` / `FIELD_ENCRYPTION_PREVIOUS_KEYS_ENC` | comma-separated decrypt-only keys (base64) or KMS blobs |
+//! | `FIELD_ENCRYPTION_KMS_KEY_ID` | optional: the KMS key the blobs must come from (recommended) |
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -86,6 +87,8 @@ pub enum FieldKeys {
         active: WrappedKey,
         /// Decrypt-only keys' blobs.
         previous: Vec<WrappedKey>,
+        /// `FIELD_ENCRYPTION_KMS_KEY_ID`: accept only blobs of this KMS key.
+        expected_key_id: Option<String>,
     },
     /// Development only: generate (or reuse) a key in the data folder.
     DevGenerated,
@@ -271,6 +274,7 @@ impl Reader<'_> {
         const ENC: &str = "FIELD_ENCRYPTION_KEY_ENC";
         const PREV: &str = "FIELD_ENCRYPTION_PREVIOUS_KEYS";
         const PREV_ENC: &str = "FIELD_ENCRYPTION_PREVIOUS_KEYS_ENC";
+        const KMS_KEY: &str = "FIELD_ENCRYPTION_KMS_KEY_ID";
         let raw = self.raw(RAW);
         let enc = self.text(ENC);
         match (raw, enc) {
@@ -295,8 +299,10 @@ impl Reader<'_> {
                         }
                     }
                 }
-                if self.raw(PREV_ENC).is_some() {
-                    self.problem(PREV_ENC, format!("goes with {ENC}; with {RAW} use {PREV}"));
+                for var in [PREV_ENC, KMS_KEY] {
+                    if self.raw(var).is_some() {
+                        self.problem(var, format!("goes with {ENC}, not {RAW}"));
+                    }
                 }
                 Some(FieldKeys::Static {
                     active: active.ok()?,
@@ -324,9 +330,11 @@ impl Reader<'_> {
                 if self.raw(PREV).is_some() {
                     self.problem(PREV, format!("goes with {RAW}; with {ENC} use {PREV_ENC}"));
                 }
+                let expected_key_id = self.text(KMS_KEY).map(|s| s.trim().to_owned());
                 Some(FieldKeys::Kms {
                     active: active.ok()?,
                     previous,
+                    expected_key_id,
                 })
             }
             (None, None) => {
@@ -614,9 +622,16 @@ impl Config {
                 FieldKeys::Static { previous, .. } => {
                     format!("set (redacted), {} previous key(s)", previous.len())
                 }
-                FieldKeys::Kms { previous, .. } => format!(
-                    "KMS-wrapped (FIELD_ENCRYPTION_KEY_ENC), {} previous key(s)",
-                    previous.len()
+                FieldKeys::Kms {
+                    previous,
+                    expected_key_id,
+                    ..
+                } => format!(
+                    "KMS-wrapped (FIELD_ENCRYPTION_KEY_ENC), {} previous key(s), KMS key {}",
+                    previous.len(),
+                    expected_key_id
+                        .as_deref()
+                        .unwrap_or("not pinned (FIELD_ENCRYPTION_KMS_KEY_ID not set)")
                 ),
                 FieldKeys::DevGenerated => {
                     "not set; generated in the data folder (development)".to_owned()

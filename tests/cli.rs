@@ -1,0 +1,269 @@
+//! The `alvryn` binary end to end: start-up, configuration errors, key
+//! generation, and hostile command lines. Runs the real binary over real
+//! sockets and files.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use support::{Server, alvryn, run};
+
+#[test]
+fn serve_starts_with_no_configuration_and_answers_healthz() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = alvryn();
+    c.current_dir(dir.path());
+    let server = Server::start(c);
+    let (status, body) = server.request("GET", "/healthz", None);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "ok");
+    // Development mode says so loudly and keeps its secrets privately in ./alvryn-data.
+    assert!(
+        server.log().contains("DEVELOPMENT MODE"),
+        "{}",
+        server.log()
+    );
+    let secrets = dir.path().join("alvryn-data/dev-secrets.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&secrets).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // Unknown routes answer the JSON error shape.
+    let (status, body) = server.request("GET", "/no/such/thing", None);
+    assert_eq!(status, 404);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], "not_found");
+}
+
+#[test]
+fn restarts_reuse_the_generated_key_and_count_encryptions_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let key_id = |log: &str| {
+        log.lines()
+            .find(|l| l.contains("field encryption ready"))
+            .and_then(|l| l.split("key_id=").nth(1))
+            .map(|s| s.split_whitespace().next().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("no key id in log:\n{log}"))
+    };
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut c = alvryn();
+        c.env("ALVRYN_DATA_DIR", &data);
+        let server = Server::start(c);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        ids.push(key_id(&server.log()));
+    }
+    assert_eq!(
+        ids[0], ids[1],
+        "the development key changed across restarts"
+    );
+    let ledger: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("field-key-usage.json")).unwrap()).unwrap();
+    // Each start reserves one block for its self-test; two starts, two blocks.
+    assert_eq!(ledger[&ids[0]], 2 * 65_536, "{ledger}");
+}
+
+const SECRET_JWT: &str = "a-jwt-secret-that-must-never-be-printed-0001";
+
+#[test]
+fn production_without_configuration_fails_naming_every_problem_and_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["serve", "--bind", "127.0.0.1:0"][..],
+        &["config", "check"][..],
+    ] {
+        let mut c = alvryn();
+        c.current_dir(dir.path())
+            .args(args)
+            .env("ALVRYN_ENV", "production")
+            .env("JWT_SECRET", SECRET_JWT)
+            .env("FIELD_ENCRYPTION_KEY", "0123456789abcdef0123456789abcde");
+        let out = run(c);
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        for var in [
+            "MONGO_URI",
+            "JWT_REFRESH_SECRET",
+            "BACKEND_URL",
+            "FRONTEND_URL",
+            "STRIPE_SECRET_KEY",
+            "STRIPE_WEBHOOK_SECRET",
+            "STRIPE_PRICE_MAP",
+        ] {
+            assert!(
+                out.stderr.contains(&format!("{var}: ")),
+                "{var} missing from:\n{}",
+                out.stderr
+            );
+        }
+        assert!(
+            out.stderr
+                .contains("FIELD_ENCRYPTION_KEY: is 31 bytes long"),
+            "{}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains(SECRET_JWT) && !out.stdout.contains(SECRET_JWT));
+        assert!(!out.stderr.contains("0123456789abcde"), "{}", out.stderr);
+        // No data folder is created for a configuration that is refused.
+        assert!(!dir.path().join("alvryn-data").exists());
+    }
+}
+
+#[test]
+fn config_check_prints_the_effective_configuration_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = STANDARD.encode([42u8; 32]);
+    let mut c = alvryn();
+    c.current_dir(dir.path())
+        .args(["config", "check"])
+        .env("JWT_SECRET", SECRET_JWT)
+        .env("FIELD_ENCRYPTION_KEY", &key)
+        .env("STRIPE_SECRET_KEY", "sk_test_never_print_me_123")
+        .env("STRIPE_WEBHOOK_SECRET", "whsec_never_print_me_456")
+        .env(
+            "STRIPE_PRICE_MAP_JSON",
+            r#"{"price_1PgafmB7WZ01zgkW6dKueIc5":"pro"}"#,
+        );
+    let out = run(c);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("JWT_SECRET") && out.stdout.contains("set (44 bytes, redacted)"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("price_1PgafmB7WZ01zgkW6dKueIc5:pro"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("field keys: active k"),
+        "{}",
+        out.stdout
+    );
+    for secret in [SECRET_JWT, key.as_str(), "never_print_me"] {
+        assert!(
+            !out.stdout.contains(secret) && !out.stderr.contains(secret),
+            "{secret} printed"
+        );
+    }
+}
+
+#[test]
+fn keys_generate_without_kms_prints_a_fresh_base64_key() {
+    let a = run({
+        let mut c = alvryn();
+        c.args(["keys", "generate"]);
+        c
+    });
+    let b = run({
+        let mut c = alvryn();
+        c.args(["keys", "generate"]);
+        c
+    });
+    assert_eq!(a.code, 0, "{}", a.stderr);
+    let key = STANDARD.decode(a.stdout.trim()).unwrap();
+    assert_eq!(key.len(), 32);
+    assert_ne!(a.stdout, b.stdout);
+    assert!(a.stderr.contains("only this once"));
+    // The printed key is accepted as FIELD_ENCRYPTION_KEY.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = alvryn();
+    c.args(["config", "check"])
+        .env("FIELD_ENCRYPTION_KEY", a.stdout.trim())
+        .current_dir(dir.path());
+    assert_eq!(run(c).code, 0);
+}
+
+#[test]
+fn hostile_command_lines_get_clear_errors_and_no_panic() {
+    let cases: &[(&[&str], &[(&str, &str)], i32, &str)] = &[
+        (
+            &["serve", "--bind", "not-an-address"],
+            &[],
+            2,
+            "invalid value",
+        ),
+        (
+            &["serve", "--bind", "127.0.0.1:99999"],
+            &[],
+            2,
+            "invalid value",
+        ),
+        (
+            &["keys", "generate", "--kms-key-id", "alias/x"],
+            &[],
+            2,
+            "--output",
+        ),
+        (&["no-such-command"], &[], 2, "unrecognized subcommand"),
+        (
+            &["config", "check"],
+            &[("ALVRYN_ENV", "staging")],
+            2,
+            "ALVRYN_ENV: must be production or development",
+        ),
+        (
+            &["config", "check"],
+            &[("FIELD_ENCRYPTION_KEY", "\u{202e}\u{feff}x")],
+            2,
+            "FIELD_ENCRYPTION_KEY",
+        ),
+        (
+            &["config", "check"],
+            &[("BACKEND_URL", &"x".repeat(100_000))],
+            2,
+            "BACKEND_URL: must be an absolute",
+        ),
+        (
+            &["config", "check"],
+            &[("STRIPE_PRICE_MAP", "price_a:pro,,,")],
+            2,
+            "STRIPE_PRICE_MAP: entry 2",
+        ),
+    ];
+    for (args, env, code, needle) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = alvryn();
+        c.args(*args).current_dir(dir.path());
+        for (k, v) in *env {
+            c.env(k, v);
+        }
+        let out = run(c);
+        assert_eq!(out.code, *code, "{args:?} {env:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(needle),
+            "{args:?}: expected {needle:?} in:\n{}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    }
+}
+
+#[test]
+fn a_taken_port_or_an_unusable_data_folder_is_a_clear_start_up_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = alvryn();
+    c.current_dir(dir.path()).args(["serve", "--bind", &addr]);
+    let out = run(c);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("could not listen on {addr}")),
+        "{}",
+        out.stderr
+    );
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let mut c = alvryn();
+    c.args(["serve", "--bind", "127.0.0.1:0", "--data-dir"])
+        .arg(file.join("sub"));
+    let out = run(c);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("data folder"), "{}", out.stderr);
+}

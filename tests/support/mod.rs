@@ -1,0 +1,205 @@
+//! Shared helpers of the end-to-end tests: the `alvryn` binary, free
+//! ports, the test services started by `scripts/test`.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `alvryn` binary built next to this test.
+pub fn alvryn_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ALVRYN_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test> -> target/<profile>/alvryn
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("alvryn");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build -p alvryn-server`, as scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A command for the binary with a clean environment: only PATH and HOME
+/// survive, so a developer's own settings never leak into a test.
+pub fn alvryn() -> Command {
+    let mut c = Command::new(alvryn_bin());
+    c.env_clear();
+    for var in ["PATH", "HOME"] {
+        if let Some(v) = std::env::var_os(var) {
+            c.env(var, v);
+        }
+    }
+    c.env("ALVRYN_LOG", "info");
+    c
+}
+
+/// Output of a finished command.
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(mut c: Command) -> Output {
+    let out = c.stdin(Stdio::null()).output().unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `alvryn serve`, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `alvryn serve` with `c`'s environment on a free port and
+    /// waits until it accepts connections (or panics with its log).
+    pub fn start(mut c: Command) -> Server {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        c.args(["serve", "--bind", &addr.to_string()]);
+        let mut child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if TcpStream::connect(addr).is_ok() {
+                return Server { child, addr, log };
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                panic!("server exited with {status}:\n{}", log.lock().unwrap());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not start:\n{}",
+                log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// One HTTP/1.1 request over a fresh connection; returns status and body.
+    pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        http(self.addr, method, path, body)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 client over a real socket (Connection: close).
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    use std::io::Write;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The URL of a test service started by `scripts/test`, or `None` (and a
+/// note on stderr) when the suite runs without it. Under
+/// `ALVRYN_TEST_REQUIRE_SERVICES=1` (as `scripts/test` sets) a missing
+/// service fails the test instead.
+pub fn service(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            assert!(
+                std::env::var_os("ALVRYN_TEST_REQUIRE_SERVICES").is_none(),
+                "{var} is not set: run the suite with scripts/test, which starts the test services"
+            );
+            eprintln!("SKIPPED: {var} not set (run scripts/test to start the test services)");
+            None
+        }
+    }
+}
+
+/// Environment that points the AWS SDK at moto.
+pub fn moto_env(c: &mut Command, moto: &str) {
+    c.env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", moto)
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+}
+
+/// A KMS client for moto.
+pub fn kms_client(moto: &str) -> aws_sdk_kms::Client {
+    let conf = aws_sdk_kms::Config::builder()
+        .behavior_version_latest()
+        .endpoint_url(moto)
+        .region(aws_sdk_kms::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_kms::config::Credentials::new(
+            "testing", "testing", None, None, "moto",
+        ))
+        .build();
+    aws_sdk_kms::Client::from_conf(conf)
+}
+
+/// Creates a symmetric KMS key in moto and returns its id.
+pub async fn create_kms_key(client: &aws_sdk_kms::Client) -> String {
+    let out = client
+        .create_key()
+        .description("alvryn test key")
+        .send()
+        .await
+        .unwrap();
+    out.key_metadata.unwrap().key_id
+}
