@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""Decrypt an Alvryn field ciphertext (text form) with nothing but the
+README's description of the format and the `cryptography` package.
+
+usage: decrypt_field.py KEY_B64 COLLECTION RECORD_ID FIELD CIPHERTEXT
+prints the plaintext as hex; exits 1 if it does not decrypt.
+"""
+import base64
+import struct
+import sys
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def decrypt(key: bytes, collection: str, record_id: str, field: str, text: str) -> bytes:
+    if not text.startswith("av1:"):
+        raise ValueError("not an av1 ciphertext")
+    blob = b64url_decode(text[4:])
+    version, id_len = blob[0], blob[1]
+    if version != 1 or not 1 <= id_len <= 64:
+        raise ValueError("unsupported header")
+    header = blob[: 2 + id_len]
+    nonce = blob[2 + id_len : 14 + id_len]
+    sealed = blob[14 + id_len :]  # ciphertext || tag, as AESGCM expects
+    aad = b"alvryn.field.v1\x00" + header
+    for part in (collection, record_id, field):
+        raw = part.encode("utf-8")
+        aad += struct.pack(">I", len(raw)) + raw
+    return AESGCM(key).decrypt(nonce, sealed, aad)
+
+
+if __name__ == "__main__":
+    key_b64, collection, record_id, field, text = sys.argv[1:6]
+    try:
+        plain = decrypt(base64.b64decode(key_b64), collection, record_id, field, text)
+    except Exception as exc:  # noqa: BLE001 - report any failure as "does not decrypt"
+        print(f"does not decrypt: {type(exc).__name__}", file=sys.stderr)
+        sys.exit(1)
+    print(plain.hex())
