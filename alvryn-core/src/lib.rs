@@ -24,10 +24,13 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod billing;
 pub mod crypto;
 pub mod key;
 pub mod secret;
+pub mod store;
+pub mod token;
 
 pub use crypto::{FieldCipher, FieldContext};
 pub use secret::{SecretBytes, SecretString};

@@ -90,7 +90,12 @@ pub trait UsageLedger: Send + Sync + 'static {
     async fn reserved(&self, key: &KeyId) -> Result<u64, LedgerError>;
 }
 
-fn grant(current: u64, count: u64, limit: u64, key: &KeyId) -> Result<Reservation, LedgerError> {
+pub(crate) fn grant(
+    current: u64,
+    count: u64,
+    limit: u64,
+    key: &KeyId,
+) -> Result<Reservation, LedgerError> {
     let left = limit.saturating_sub(current);
     let granted = count.min(left);
     if granted == 0 {

@@ -1,0 +1,555 @@
+//! Accounts and sessions: sign-up, password login, refresh-token rotation
+//! with reuse detection, logout, and the sessions list.
+//!
+//! # Refresh rotation
+//!
+//! Every login starts a *family* (a session). Each refresh presents the
+//! family's current refresh token and receives a new pair; the store swaps
+//! the family's current token hash atomically (compare-and-swap), so of
+//! concurrent refreshes exactly one rotates. The others, if they present
+//! the token that was just retired and arrive within the grace window
+//! (default 10 s), receive **the same successor**: its `jti` and `iat` are
+//! in the family record, and HMAC signing is deterministic, so it is
+//! re-signed byte for byte. Two browser tabs refreshing at once therefore
+//! never sign the user out.
+//!
+//! A retired token presented after the window, or any older token, is
+//! treated as stolen: the whole family is revoked (its current token stops
+//! working too), an audit event `refresh_token_reused` is recorded, and
+//! the caller gets [`AuthError::TokenReused`].
+//!
+//! Access tokens carry the family id (`sid`); [`Auth::authenticate`]
+//! checks the family is still active, so logout takes effect at once, not
+//! when the access token expires.
+
+pub mod password;
+pub mod validate;
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use crate::billing::PlanName;
+use crate::secret::SecretString;
+use crate::store::{
+    AuditEvent, RefreshFamily, RefreshSlot, RevokeReason, Rotation, StoreError, TokenHash,
+    TokenStore, User,
+};
+use crate::token::{Claims, JwtKeys, TokenError, TokenKind};
+pub use password::{HashParams, PasswordError, PasswordHasher, Verdict};
+pub use validate::{InvalidEmail, WeakPassword, check_password, normalize_email};
+
+/// The audit event recorded when a retired refresh token is presented.
+pub const AUDIT_REFRESH_REUSED: &str = "refresh_token_reused";
+/// Longest `User-Agent` kept with a session, in characters.
+pub const MAX_USER_AGENT_CHARS: usize = 256;
+
+/// A source of the current time (Unix milliseconds). Tests use a manual
+/// clock so that windows and expiries are tested without sleeping.
+pub trait Clock: Send + Sync + 'static {
+    /// Now, Unix milliseconds.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+}
+
+/// Errors of [`Auth`]; each maps to one stable API error code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// `invalid_email`.
+    #[error(transparent)]
+    InvalidEmail(#[from] InvalidEmail),
+    /// `weak_password`.
+    #[error(transparent)]
+    WeakPassword(#[from] WeakPassword),
+    /// `email_taken`.
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    /// `invalid_credentials`: unknown email or wrong password, never which.
+    #[error("the email or password is wrong")]
+    InvalidCredentials,
+    /// `invalid_token`: malformed, forged, expired, revoked, wrong kind.
+    #[error("the token is invalid or expired")]
+    InvalidToken,
+    /// `token_reused`: a retired refresh token came back; its session is
+    /// now revoked.
+    #[error("the refresh token was already used; the session has been revoked")]
+    TokenReused,
+    /// `busy`: the password hashing queue is full.
+    #[error("too many logins at once; try again shortly")]
+    Busy,
+    /// `unavailable`: the store failed.
+    #[error("the account store is unavailable")]
+    Store(#[source] StoreError),
+    /// `internal`.
+    #[error("internal error")]
+    Internal,
+}
+
+impl From<PasswordError> for AuthError {
+    fn from(e: PasswordError) -> Self {
+        match e {
+            PasswordError::Busy => AuthError::Busy,
+            _ => AuthError::Internal,
+        }
+    }
+}
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::EmailTaken => AuthError::EmailTaken,
+            other => AuthError::Store(other),
+        }
+    }
+}
+
+/// A freshly issued token pair and its user.
+pub struct Issued {
+    /// The access token.
+    pub access_token: SecretString,
+    /// The refresh token.
+    pub refresh_token: SecretString,
+    /// Access-token lifetime in seconds.
+    pub expires_in: i64,
+    /// The user.
+    pub user: User,
+    /// The session id.
+    pub session_id: String,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("access_token", &self.access_token)
+            .field("refresh_token", &self.refresh_token)
+            .field("expires_in", &self.expires_in)
+            .field("user", &self.user)
+            .field("session_id", &self.session_id)
+            .finish()
+    }
+}
+
+/// The caller of an authenticated request.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    /// The user, as stored now.
+    pub user: User,
+    /// The session the access token belongs to.
+    pub session_id: String,
+}
+
+/// Accounts and sessions over a [`TokenStore`].
+#[derive(Clone)]
+pub struct Auth {
+    store: Arc<dyn TokenStore>,
+    keys: Arc<JwtKeys>,
+    hasher: PasswordHasher,
+    clock: Arc<dyn Clock>,
+    grace_ms: i64,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("grace_ms", &self.grace_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 16];
+    rand::fill(&mut b[..]);
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+fn truncate_ua(ua: Option<&str>) -> Option<String> {
+    ua.map(|s| {
+        s.chars()
+            .filter(|c| !c.is_control())
+            .take(MAX_USER_AGENT_CHARS)
+            .collect()
+    })
+}
+
+impl Auth {
+    /// Sessions over `store`, tokens from `keys`, passwords through
+    /// `hasher`; the system clock and a 10 s grace window.
+    #[must_use]
+    pub fn new(store: Arc<dyn TokenStore>, keys: Arc<JwtKeys>, hasher: PasswordHasher) -> Self {
+        Self {
+            store,
+            keys,
+            hasher,
+            clock: Arc::new(SystemClock),
+            grace_ms: 10_000,
+        }
+    }
+
+    /// Replaces the clock.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Sets the window in which a just-retired refresh token still yields
+    /// the same successor.
+    #[must_use]
+    pub fn with_grace(mut self, grace: std::time::Duration) -> Self {
+        self.grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// The store.
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn TokenStore> {
+        &self.store
+    }
+
+    /// The token keys.
+    #[must_use]
+    pub fn keys(&self) -> &JwtKeys {
+        &self.keys
+    }
+
+    fn now(&self) -> (i64, i64) {
+        let ms = self.clock.now_ms();
+        (ms, ms.div_euclid(1000))
+    }
+
+    fn sign(
+        &self,
+        kind: TokenKind,
+        user_id: &str,
+        sid: &str,
+        jti: &str,
+        iat: i64,
+    ) -> Result<String, AuthError> {
+        self.keys
+            .sign(&self.keys.claims(kind, user_id, sid, jti, iat))
+            .map_err(|_| AuthError::Internal)
+    }
+
+    fn issue(
+        &self,
+        user: User,
+        sid: &str,
+        refresh: String,
+        now_s: i64,
+    ) -> Result<Issued, AuthError> {
+        let access = self.sign(TokenKind::Access, &user.id, sid, &random_id(), now_s)?;
+        Ok(Issued {
+            access_token: SecretString::new(access),
+            refresh_token: SecretString::new(refresh),
+            expires_in: self.keys.settings().access_ttl_secs,
+            user,
+            session_id: sid.to_owned(),
+        })
+    }
+
+    async fn start_session(
+        &self,
+        user: User,
+        user_agent: Option<&str>,
+    ) -> Result<Issued, AuthError> {
+        let (now_ms, now_s) = self.now();
+        let sid = random_id();
+        let jti = random_id();
+        let refresh = self.sign(TokenKind::Refresh, &user.id, &sid, &jti, now_s)?;
+        let family = RefreshFamily {
+            id: sid.clone(),
+            user_id: user.id.clone(),
+            created_at_ms: now_ms,
+            last_used_at_ms: now_ms,
+            expires_at_ms: (now_s + self.keys.settings().refresh_ttl_secs) * 1000,
+            user_agent: truncate_ua(user_agent),
+            current: RefreshSlot {
+                token_hash: TokenHash::of(&refresh),
+                jti,
+                issued_at: now_s,
+            },
+            previous: None,
+            revoked_at_ms: None,
+            revoke_reason: None,
+            generation: 0,
+        };
+        self.store.create_family(&family).await?;
+        self.issue(user, &sid, refresh, now_s)
+    }
+
+    /// Creates an account and its first session.
+    ///
+    /// # Errors
+    /// `InvalidEmail`, `WeakPassword`, `EmailTaken`, `Busy`, `Store`.
+    pub async fn signup(
+        &self,
+        email: &str,
+        password: &SecretString,
+        user_agent: Option<&str>,
+    ) -> Result<Issued, AuthError> {
+        let email = normalize_email(email)?;
+        check_password(password.expose(), &email)?;
+        // Fail fast on a taken email before spending a hash; the unique
+        // index still decides races.
+        if self.store.user_by_email(&email).await?.is_some() {
+            return Err(AuthError::EmailTaken);
+        }
+        let phc = self.hasher.hash(password).await?;
+        let user = User {
+            id: random_id(),
+            email,
+            password_hash: Some(phc),
+            plan: PlanName::free(),
+            created_at_ms: self.clock.now_ms(),
+        };
+        self.store.create_user(&user).await?;
+        self.start_session(user, user_agent).await
+    }
+
+    /// Checks a password and starts a session. Unknown email and wrong
+    /// password take the same work and give the same error. A hash made
+    /// with outdated parameters is replaced.
+    ///
+    /// # Errors
+    /// `InvalidCredentials`, `Busy`, `Store`.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &SecretString,
+        user_agent: Option<&str>,
+    ) -> Result<Issued, AuthError> {
+        let user = match normalize_email(email) {
+            Ok(e) => self.store.user_by_email(&e).await?,
+            Err(_) => None,
+        };
+        let phc = user.as_ref().and_then(|u| u.password_hash.as_deref());
+        let verdict = self.hasher.verify(password, phc).await?;
+        let Some(mut user) = user.filter(|_| verdict.valid) else {
+            return Err(AuthError::InvalidCredentials);
+        };
+        if verdict.needs_rehash {
+            match self.hasher.hash(password).await {
+                Ok(phc) => match self.store.set_password_hash(&user.id, &phc).await {
+                    Ok(()) => user.password_hash = Some(phc),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not store an upgraded password hash")
+                    }
+                },
+                Err(e) => tracing::warn!(error = %e, "could not compute an upgraded password hash"),
+            }
+        }
+        self.start_session(user, user_agent).await
+    }
+
+    /// Exchanges a refresh token for a new pair (see the module docs).
+    ///
+    /// # Errors
+    /// `InvalidToken`, `TokenReused`, `Store`.
+    pub async fn refresh(&self, refresh_token: &str) -> Result<Issued, AuthError> {
+        let (now_ms, now_s) = self.now();
+        let claims = self
+            .keys
+            .verify(TokenKind::Refresh, refresh_token, now_s)
+            .map_err(|_| AuthError::InvalidToken)?;
+        let presented = TokenHash::of(refresh_token);
+        let next = RefreshSlot {
+            token_hash: TokenHash([0; 32]),
+            jti: random_id(),
+            issued_at: now_s,
+        };
+        let successor = self.sign(
+            TokenKind::Refresh,
+            &claims.sub,
+            &claims.sid,
+            &next.jti,
+            now_s,
+        )?;
+        let rotation = Rotation {
+            family_id: claims.sid.clone(),
+            expected: presented,
+            next: RefreshSlot {
+                token_hash: TokenHash::of(&successor),
+                ..next
+            },
+            now_ms,
+            expires_at_ms: (now_s + self.keys.settings().refresh_ttl_secs) * 1000,
+        };
+        let (family, refresh) = match self.store.rotate_family(&rotation).await? {
+            Some(f) => (f, successor),
+            None => {
+                let family = self
+                    .store
+                    .family(&claims.sid)
+                    .await?
+                    .ok_or(AuthError::InvalidToken)?;
+                self.lost_rotation(&claims, presented, family, now_ms)
+                    .await?
+            }
+        };
+        let user = self
+            .store
+            .user_by_id(&family.user_id)
+            .await?
+            .ok_or(AuthError::InvalidToken)?;
+        self.issue(user, &family.id, refresh, now_s)
+    }
+
+    /// The compare-and-swap did not match: a concurrent refresh inside the
+    /// grace window, or reuse.
+    async fn lost_rotation(
+        &self,
+        claims: &Claims,
+        presented: TokenHash,
+        family: RefreshFamily,
+        now_ms: i64,
+    ) -> Result<(RefreshFamily, String), AuthError> {
+        if family.user_id != claims.sub || !family.is_active(now_ms) {
+            return Err(AuthError::InvalidToken);
+        }
+        let in_grace = family.previous.as_ref().is_some_and(|p| {
+            p.token_hash == presented && now_ms - p.rotated_at_ms <= self.grace_ms
+        });
+        if in_grace {
+            let c = &family.current;
+            let token = self.sign(
+                TokenKind::Refresh,
+                &family.user_id,
+                &family.id,
+                &c.jti,
+                c.issued_at,
+            )?;
+            if TokenHash::of(&token) == c.token_hash {
+                return Ok((family, token));
+            }
+            // Signed under a secret we no longer hold: cannot reproduce.
+            return Err(AuthError::InvalidToken);
+        }
+        if family.current.token_hash == presented {
+            // Current but not rotated: the family expired or was revoked
+            // between the two reads.
+            return Err(AuthError::InvalidToken);
+        }
+        self.store
+            .revoke_family(&family.id, RevokeReason::Reuse, now_ms)
+            .await?;
+        let event = AuditEvent {
+            at_ms: now_ms,
+            kind: AUDIT_REFRESH_REUSED.into(),
+            user_id: family.user_id.clone(),
+            family_id: Some(family.id.clone()),
+        };
+        if let Err(e) = self.store.record_audit(&event).await {
+            tracing::error!(error = %e, "could not record a refresh-token reuse");
+        }
+        tracing::warn!(user_id = %family.user_id, session_id = %family.id, "refresh token reused; session revoked");
+        Err(AuthError::TokenReused)
+    }
+
+    /// Revokes the session of a refresh token (expired tokens accepted).
+    ///
+    /// # Errors
+    /// `InvalidToken` for a token that is not ours; `Store`.
+    pub async fn logout(&self, refresh_token: &str) -> Result<(), AuthError> {
+        let (now_ms, _) = self.now();
+        // Signature, kind, issuer and audience must hold; expiry need not.
+        let claims = self
+            .keys
+            .verify(TokenKind::Refresh, refresh_token, i64::MIN / 2)
+            .map_err(|_| AuthError::InvalidToken)?;
+        match self.store.family(&claims.sid).await? {
+            Some(f) if f.user_id == claims.sub => {
+                self.store
+                    .revoke_family(&f.id, RevokeReason::Logout, now_ms)
+                    .await?;
+                Ok(())
+            }
+            _ => Err(AuthError::InvalidToken),
+        }
+    }
+
+    /// Revokes every session of the caller.
+    ///
+    /// # Errors
+    /// `Store`.
+    pub async fn logout_all(&self, principal: &Principal) -> Result<u64, AuthError> {
+        let (now_ms, _) = self.now();
+        Ok(self
+            .store
+            .revoke_user_families(&principal.user.id, RevokeReason::LogoutAll, now_ms)
+            .await?)
+    }
+
+    /// Checks an access token and that its session is still active.
+    ///
+    /// # Errors
+    /// `InvalidToken`, `Store`.
+    pub async fn authenticate(&self, access_token: &str) -> Result<Principal, AuthError> {
+        let (now_ms, now_s) = self.now();
+        let claims = self
+            .keys
+            .verify(TokenKind::Access, access_token, now_s)
+            .map_err(|e| match e {
+                TokenError::Expired | TokenError::Invalid | TokenError::Signing => {
+                    AuthError::InvalidToken
+                }
+            })?;
+        let family = self.store.family(&claims.sid).await?;
+        if !family.is_some_and(|f| f.user_id == claims.sub && f.is_active(now_ms)) {
+            return Err(AuthError::InvalidToken);
+        }
+        let user = self
+            .store
+            .user_by_id(&claims.sub)
+            .await?
+            .ok_or(AuthError::InvalidToken)?;
+        Ok(Principal {
+            user,
+            session_id: claims.sid,
+        })
+    }
+
+    /// The caller's active sessions, newest first.
+    ///
+    /// # Errors
+    /// `Store`.
+    pub async fn sessions(&self, principal: &Principal) -> Result<Vec<RefreshFamily>, AuthError> {
+        let (now_ms, _) = self.now();
+        Ok(self
+            .store
+            .active_families(&principal.user.id, now_ms)
+            .await?)
+    }
+
+    /// Revokes one of the caller's sessions; `false` if it is not theirs
+    /// or not active.
+    ///
+    /// # Errors
+    /// `Store`.
+    pub async fn revoke_session(
+        &self,
+        principal: &Principal,
+        session_id: &str,
+    ) -> Result<bool, AuthError> {
+        let (now_ms, _) = self.now();
+        match self.store.family(session_id).await? {
+            Some(f) if f.user_id == principal.user.id && f.is_active(now_ms) => Ok(self
+                .store
+                .revoke_family(session_id, RevokeReason::Revoked, now_ms)
+                .await?),
+            _ => Ok(false),
+        }
+    }
+}

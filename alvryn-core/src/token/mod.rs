@@ -1,0 +1,5 @@
+//! JWT access and refresh tokens.
+
+pub mod jwt;
+
+pub use jwt::{Claims, HmacSecrets, JwtKeys, JwtSettings, TokenError, TokenKind};
