@@ -267,6 +267,23 @@ impl JwtKeys {
     /// [`TokenError::Expired`] for an authentic expired token,
     /// [`TokenError::Invalid`] for everything else.
     pub fn verify(&self, kind: TokenKind, token: &str, now: i64) -> Result<Claims, TokenError> {
+        self.check(kind, token, Some(now))
+    }
+
+    /// Like [`JwtKeys::verify`] but accepts expired tokens: for logout,
+    /// where an expired refresh token still names the session to end.
+    ///
+    /// # Errors
+    /// [`TokenError::Invalid`].
+    pub fn verify_ignoring_expiry(
+        &self,
+        kind: TokenKind,
+        token: &str,
+    ) -> Result<Claims, TokenError> {
+        self.check(kind, token, None)
+    }
+
+    fn check(&self, kind: TokenKind, token: &str, now: Option<i64>) -> Result<Claims, TokenError> {
         let payload = self.verify_signature(kind, token)?;
         let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Invalid)?;
         let s = &self.settings;
@@ -276,12 +293,12 @@ impl JwtKeys {
             || claims.sub.is_empty()
             || claims.sid.is_empty()
             || claims.jti.is_empty()
-            || claims.iat > now + s.leeway_secs
             || claims.exp <= claims.iat
+            || now.is_some_and(|now| claims.iat > now + s.leeway_secs)
         {
             return Err(TokenError::Invalid);
         }
-        if claims.exp + s.leeway_secs <= now {
+        if now.is_some_and(|now| claims.exp + s.leeway_secs <= now) {
             return Err(TokenError::Expired);
         }
         Ok(claims)
