@@ -138,6 +138,14 @@ impl From<&str> for SecretString {
     }
 }
 
+/// Reading a secret from a request body is allowed; writing one out is not
+/// (there is no `Serialize`).
+impl<'de> serde::Deserialize<'de> for SecretString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self::new)
+    }
+}
+
 /// The operating system could not provide random bytes.
 #[derive(Debug, thiserror::Error)]
 #[error("the operating system's random number generator failed")]

@@ -27,8 +27,7 @@ use alvryn_core::store::{
 use alvryn_core::token::{HmacSecrets, JwtKeys, JwtSettings};
 
 /// What a backend must be: a token store and a usage ledger.
-trait ContractStore: TokenStore + UsageLedger {}
-impl<T: TokenStore + UsageLedger> ContractStore for T {}
+use alvryn_core::store::StoreBackend as ContractStore;
 
 /// A backend under test, with whatever keeps it alive (a temp folder).
 struct Backend {
@@ -445,7 +444,7 @@ fn auth(store: Arc<dyn ContractStore>) -> (Auth, Arc<ManualClock>) {
         ),
     );
     let clock = Arc::new(ManualClock(AtomicI64::new(NOW)));
-    let store: Arc<dyn TokenStore> = Arc::new(DynStore(store));
+    let store: Arc<dyn TokenStore> = store;
     let hasher = PasswordHasher::new(HashParams {
         memory_kib: 256,
         iterations: 1,
@@ -456,56 +455,6 @@ fn auth(store: Arc<dyn ContractStore>) -> (Auth, Arc<ManualClock>) {
         Auth::new(store, Arc::new(keys), hasher).with_clock(clock.clone()),
         clock,
     )
-}
-
-/// Lets an `Arc<dyn ContractStore>` be used as a `dyn TokenStore`.
-struct DynStore(Arc<dyn ContractStore>);
-#[async_trait::async_trait]
-impl TokenStore for DynStore {
-    async fn create_user(&self, u: &User) -> Result<(), StoreError> {
-        self.0.create_user(u).await
-    }
-    async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
-        self.0.user_by_id(id).await
-    }
-    async fn user_by_email(&self, e: &str) -> Result<Option<User>, StoreError> {
-        self.0.user_by_email(e).await
-    }
-    async fn set_password_hash(&self, id: &str, p: &str) -> Result<(), StoreError> {
-        self.0.set_password_hash(id, p).await
-    }
-    async fn create_family(&self, f: &RefreshFamily) -> Result<(), StoreError> {
-        self.0.create_family(f).await
-    }
-    async fn family(&self, id: &str) -> Result<Option<RefreshFamily>, StoreError> {
-        self.0.family(id).await
-    }
-    async fn rotate_family(&self, r: &Rotation) -> Result<Option<RefreshFamily>, StoreError> {
-        self.0.rotate_family(r).await
-    }
-    async fn revoke_family(&self, id: &str, r: RevokeReason, at: i64) -> Result<bool, StoreError> {
-        self.0.revoke_family(id, r, at).await
-    }
-    async fn revoke_user_families(
-        &self,
-        id: &str,
-        r: RevokeReason,
-        at: i64,
-    ) -> Result<u64, StoreError> {
-        self.0.revoke_user_families(id, r, at).await
-    }
-    async fn active_families(&self, id: &str, now: i64) -> Result<Vec<RefreshFamily>, StoreError> {
-        self.0.active_families(id, now).await
-    }
-    async fn record_audit(&self, e: &alvryn_core::store::AuditEvent) -> Result<(), StoreError> {
-        self.0.record_audit(e).await
-    }
-    async fn audit_events(
-        &self,
-        id: &str,
-    ) -> Result<Vec<alvryn_core::store::AuditEvent>, StoreError> {
-        self.0.audit_events(id).await
-    }
 }
 
 const PASSWORD: &str = "correct horse battery staple";

@@ -159,7 +159,7 @@ async fn config_check(data_dir: PathBuf, offline: bool) -> ExitCode {
             println!("field keys: not unwrapped (--offline)");
             return ExitCode::SUCCESS;
         }
-        match crate::keys::load_key_set(&config).await {
+        match crate::keys::load_key_set(&config, None).await {
             Ok(set) => {
                 let ids: Vec<_> = set.iter().map(|k| k.id().to_string()).collect();
                 println!(

@@ -4,14 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use alvryn_core::crypto::{FieldCipher, FieldContext, FileLedger, KeyMaterial, KeySet};
+use alvryn_core::crypto::{FieldCipher, FieldContext, KeyMaterial, KeySet, UsageLedger};
 use alvryn_core::key::{KeyError, KeyProvider, KmsKeyProvider, StaticKeyProvider};
+use alvryn_core::secret::SecretBytes;
 
-use crate::config::{Config, FieldKeys, Mode};
-use crate::dev::{DevSecrets, DevSecretsError, ensure_data_dir};
-
-/// The file, inside the data folder, that counts encryptions per key.
-pub const LEDGER_FILE: &str = "field-key-usage.json";
+use crate::config::{Config, FieldKeys};
 
 /// Why keys could not be made ready.
 #[derive(Debug, thiserror::Error)]
@@ -20,12 +17,9 @@ pub enum KeysError {
     /// The provider failed (malformed, refused by KMS, KMS unreachable).
     #[error(transparent)]
     Provider(#[from] KeyError),
-    /// Development secrets could not be read or written.
-    #[error(transparent)]
-    Dev(#[from] DevSecretsError),
-    /// The data folder could not be created.
-    #[error("could not create the data folder: {0}")]
-    DataDir(#[source] std::io::Error),
+    /// Development mode without a generated key (internal error).
+    #[error("no development key was provided")]
+    NoDevKey,
     /// The keys loaded but the cipher rejected them, or the start-up
     /// self-test (encrypt then decrypt) failed.
     #[error("the field cipher failed its start-up check: {0}")]
@@ -50,10 +44,14 @@ pub async fn kms_client() -> aws_sdk_kms::Client {
 }
 
 /// Loads the key set the configuration names (calling KMS if needed).
+/// `dev_key` is the generated key used when the configuration has none.
 ///
 /// # Errors
 /// See [`KeysError`].
-pub async fn load_key_set(config: &Config) -> Result<KeySet, KeysError> {
+pub async fn load_key_set(
+    config: &Config,
+    dev_key: Option<&SecretBytes>,
+) -> Result<KeySet, KeysError> {
     match &config.field_keys {
         FieldKeys::Static { active, previous } => {
             let mut set = KeySet::single(KeyMaterial::fingerprinted(active.clone()));
@@ -74,24 +72,21 @@ pub async fn load_key_set(config: &Config) -> Result<KeySet, KeysError> {
             Ok(provider.load().await?)
         }
         FieldKeys::DevGenerated => {
-            debug_assert_eq!(config.mode, Mode::Development);
-            let dev = DevSecrets::load_or_create(&config.data_dir)?;
-            Ok(KeySet::single(KeyMaterial::fingerprinted(
-                dev.field_key.clone(),
-            )))
+            let key = dev_key.ok_or(KeysError::NoDevKey)?;
+            Ok(KeySet::single(KeyMaterial::fingerprinted(key.clone())))
         }
     }
 }
 
-/// Loads the keys and builds the cipher, with its usage ledger in the
-/// data folder, then proves it with one encrypt/decrypt round trip.
+/// Builds the cipher over `keys` with `ledger` counting encryptions, then
+/// proves it with one encrypt/decrypt round trip.
 ///
 /// # Errors
-/// See [`KeysError`].
-pub async fn field_cipher(config: &Config) -> Result<FieldCipher, KeysError> {
-    ensure_data_dir(&config.data_dir).map_err(KeysError::DataDir)?;
-    let keys = load_key_set(config).await?;
-    let ledger = Arc::new(FileLedger::new(config.data_dir.join(LEDGER_FILE)));
+/// [`KeysError::SelfTest`].
+pub async fn field_cipher(
+    keys: KeySet,
+    ledger: Arc<dyn UsageLedger>,
+) -> Result<FieldCipher, KeysError> {
     let cipher = FieldCipher::builder(keys)
         .ledger(ledger)
         .build()

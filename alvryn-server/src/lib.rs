@@ -11,18 +11,30 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod extract;
 pub mod keys;
 pub mod routes;
 
 use std::future::Future;
 use std::sync::Arc;
 
+use alvryn_core::auth::{Auth, HashParams, PasswordHasher};
 use alvryn_core::crypto::FieldCipher;
+use alvryn_core::store::mongo::MongoStore;
+use alvryn_core::store::sqlite::SqliteStore;
+use alvryn_core::store::{StoreBackend, StoreError};
+use alvryn_core::token::{HmacSecrets, JwtKeys, JwtSettings};
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::config::Mode;
+use crate::dev::{DevSecrets, DevSecretsError, ensure_data_dir};
+
 pub use config::Config;
 pub use error::ApiError;
+
+/// The embedded database file inside the data folder.
+pub const EMBEDDED_DB_FILE: &str = "alvryn.db";
 
 /// What every request handler can reach.
 #[derive(Clone, Debug)]
@@ -31,6 +43,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Field encryption with the configured keys.
     pub cipher: FieldCipher,
+    /// Accounts and sessions.
+    pub auth: Auth,
 }
 
 /// Why the server could not start.
@@ -43,6 +57,28 @@ pub enum StartupError {
     /// The field-encryption keys could not be loaded.
     #[error("field-encryption keys: {0}")]
     Keys(#[source] keys::KeysError),
+    /// The data folder could not be created.
+    #[error("could not create the data folder {path}: {source}")]
+    DataDir {
+        /// The folder.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Development secrets could not be read or written.
+    #[error(transparent)]
+    DevSecrets(#[from] DevSecretsError),
+    /// The store could not be opened.
+    #[error("the {which} store could not be opened: {source}")]
+    Store {
+        /// `embedded` or `MongoDB`.
+        which: &'static str,
+        /// The cause.
+        source: StoreError,
+    },
+    /// The password hasher could not be set up.
+    #[error("the password hasher could not be set up")]
+    Passwords,
     /// The listen address could not be bound.
     #[error("could not listen on {addr}: {source}")]
     Bind {
@@ -57,20 +93,83 @@ pub enum StartupError {
 }
 
 impl AppState {
-    /// Composes the state from a validated configuration: loads keys
-    /// (KMS once, if configured), creates the data folder and, in
-    /// development, the generated secrets.
+    /// Composes the state from a validated configuration: opens the store
+    /// (MongoDB when `MONGO_URI` is set, else the embedded SQLite file in
+    /// the data folder), loads the field keys (KMS once, if configured),
+    /// and in development generates the secrets that are missing.
     ///
     /// # Errors
-    /// [`StartupError::Keys`] when keys cannot be loaded or fail the
-    /// start-up self-test.
+    /// See [`StartupError`]; each names what failed.
     pub async fn new(config: Config) -> Result<Self, StartupError> {
-        let cipher = keys::field_cipher(&config)
+        let data_dir = || {
+            ensure_data_dir(&config.data_dir).map_err(|source| StartupError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })
+        };
+        let needs_dev = config.mode == Mode::Development
+            && (config.jwt_secret.is_none()
+                || config.jwt_refresh_secret.is_none()
+                || matches!(config.field_keys, config::FieldKeys::DevGenerated));
+        let dev = if needs_dev {
+            data_dir()?;
+            Some(DevSecrets::load_or_create(&config.data_dir)?)
+        } else {
+            None
+        };
+        let store: Arc<dyn StoreBackend> = match &config.mongo_uri {
+            Some(uri) => Arc::new(MongoStore::connect(uri.expose()).await.map_err(|source| {
+                StartupError::Store {
+                    which: "MongoDB",
+                    source,
+                }
+            })?),
+            None => {
+                data_dir()?;
+                Arc::new(
+                    SqliteStore::open(config.data_dir.join(EMBEDDED_DB_FILE))
+                        .await
+                        .map_err(|source| StartupError::Store {
+                            which: "embedded",
+                            source,
+                        })?,
+                )
+            }
+        };
+        let keys = keys::load_key_set(&config, dev.as_ref().map(|d| &d.field_key))
             .await
             .map_err(StartupError::Keys)?;
+        let cipher = keys::field_cipher(keys, store.clone())
+            .await
+            .map_err(StartupError::Keys)?;
+
+        let pick = |configured: &Option<alvryn_core::SecretBytes>,
+                    generated: Option<&alvryn_core::SecretBytes>| {
+            configured
+                .clone()
+                .or_else(|| generated.cloned())
+                .ok_or(StartupError::Passwords)
+        };
+        let access = pick(&config.jwt_secret, dev.as_ref().map(|d| &d.jwt_secret))?;
+        let refresh = pick(
+            &config.jwt_refresh_secret,
+            dev.as_ref().map(|d| &d.jwt_refresh_secret),
+        )?;
+        let issuer = config.backend_url.as_str().trim_end_matches('/').to_owned();
+        let jwt = JwtKeys::new(
+            JwtSettings::new(issuer, config.jwt_audience.clone()),
+            HmacSecrets::new(&access, config.jwt_secret_previous.as_ref()),
+            HmacSecrets::new(&refresh, config.jwt_refresh_secret_previous.as_ref()),
+        );
+        let hasher = tokio::task::spawn_blocking(|| PasswordHasher::new(HashParams::OWASP))
+            .await
+            .map_err(|_| StartupError::Passwords)?
+            .map_err(|_| StartupError::Passwords)?;
+        let auth = Auth::new(store, Arc::new(jwt), hasher);
         Ok(Self {
             config: Arc::new(config),
             cipher,
+            auth,
         })
     }
 }

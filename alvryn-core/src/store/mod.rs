@@ -247,6 +247,12 @@ impl StoreError {
     }
 }
 
+/// A complete storage backend: accounts and sessions plus the field
+/// cipher's usage ledger. `Arc<dyn StoreBackend>` upcasts to both
+/// `Arc<dyn TokenStore>` and `Arc<dyn UsageLedger>`.
+pub trait StoreBackend: TokenStore + crate::crypto::UsageLedger {}
+impl<T: TokenStore + crate::crypto::UsageLedger> StoreBackend for T {}
+
 /// Users, sessions and audit events.
 ///
 /// Every method either does all it says or nothing, and reports

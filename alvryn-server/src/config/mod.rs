@@ -7,6 +7,8 @@
 //! | `ALVRYN_BIND`, `ALVRYN_DATA_DIR` | listen address, embedded data folder (also `--bind`, `--data-dir`) |
 //! | `MONGO_URI` | MongoDB connection string; unset means the embedded store |
 //! | `JWT_SECRET`, `JWT_REFRESH_SECRET` | HMAC secrets for access and refresh tokens, at least 32 bytes each, different |
+//! | `JWT_SECRET_PREVIOUS`, `JWT_REFRESH_SECRET_PREVIOUS` | previous secrets, verify only, for rotation |
+//! | `JWT_AUDIENCE` | the `aud` claim, default `alvryn` |
 //! | `BACKEND_URL`, `FRONTEND_URL` | public URLs of this server and of the web app |
 //! | `STRIPE_SECRET_KEY`, `STRIPE_WEBHOOK_SECRET` | Stripe API key (`sk_`/`rk_`) and webhook signing secret (`whsec_`) |
 //! | `STRIPE_PRICE_MAP` / `STRIPE_PRICE_MAP_JSON` | which plan each price grants: `price_a:pro,price_b:team` or JSON |
@@ -129,6 +131,12 @@ pub struct Config {
     pub jwt_secret: Option<SecretBytes>,
     /// Refresh-token secret; `None` in development means generate.
     pub jwt_refresh_secret: Option<SecretBytes>,
+    /// Previous access-token secret, verify only (`JWT_SECRET_PREVIOUS`).
+    pub jwt_secret_previous: Option<SecretBytes>,
+    /// Previous refresh-token secret, verify only (`JWT_REFRESH_SECRET_PREVIOUS`).
+    pub jwt_refresh_secret_previous: Option<SecretBytes>,
+    /// The `aud` claim of every token (`JWT_AUDIENCE`, default `alvryn`).
+    pub jwt_audience: String,
     /// Public URL of this server.
     pub backend_url: Url,
     /// Public URL of the web app (CORS origin, redirects).
@@ -220,10 +228,15 @@ impl Reader<'_> {
     }
 
     fn jwt_secret(&mut self, var: &'static str) -> Option<SecretBytes> {
-        let raw = self.raw(var);
-        let raw = self.required_in_production(var, raw)?;
+        if self.raw(var).is_none() {
+            return self.required_in_production(var, None);
+        }
+        self.optional_jwt_secret(var)
+    }
+
+    fn optional_jwt_secret(&mut self, var: &'static str) -> Option<SecretBytes> {
+        let raw = self.raw(var)?;
         let bytes = SecretBytes::new(raw.as_bytes().to_vec());
-        drop(raw);
         if bytes.len() < MIN_JWT_SECRET_LEN {
             self.problem(
                 var,
@@ -487,6 +500,20 @@ impl Config {
         }
         let jwt_secret = r.jwt_secret("JWT_SECRET");
         let jwt_refresh_secret = r.jwt_secret("JWT_REFRESH_SECRET");
+        let jwt_secret_previous = r.optional_jwt_secret("JWT_SECRET_PREVIOUS");
+        let jwt_refresh_secret_previous = r.optional_jwt_secret("JWT_REFRESH_SECRET_PREVIOUS");
+        let jwt_audience = match r.text("JWT_AUDIENCE") {
+            None => "alvryn".to_owned(),
+            Some(a)
+                if !a.trim().is_empty() && a.len() <= 256 && !a.chars().any(char::is_control) =>
+            {
+                a.trim().to_owned()
+            }
+            Some(_) => {
+                r.problem("JWT_AUDIENCE", "must be 1-256 printable characters");
+                String::new()
+            }
+        };
         if let (Some(a), Some(b)) = (&jwt_secret, &jwt_refresh_secret) {
             if a == b {
                 r.problem("JWT_REFRESH_SECRET", "must differ from JWT_SECRET");
@@ -530,6 +557,9 @@ impl Config {
             mongo_uri,
             jwt_secret,
             jwt_refresh_secret,
+            jwt_secret_previous,
+            jwt_refresh_secret_previous,
+            jwt_audience,
             backend_url,
             frontend_url,
             stripe,

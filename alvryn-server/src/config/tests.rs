@@ -346,3 +346,23 @@ fn raw_32_byte_keys_with_non_utf8_bytes_are_accepted() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn previous_jwt_secrets_and_audience_are_read_and_checked() {
+    let mut env = production();
+    env.insert(
+        "JWT_SECRET_PREVIOUS",
+        "old-access-secret-long-enough-0123456789".to_owned(),
+    );
+    env.insert("JWT_AUDIENCE", "my-api".to_owned());
+    let cfg = load(&env).unwrap();
+    assert!(cfg.jwt_secret_previous.is_some() && cfg.jwt_refresh_secret_previous.is_none());
+    assert_eq!(cfg.jwt_audience, "my-api");
+    env.insert("JWT_REFRESH_SECRET_PREVIOUS", "too-short".to_owned());
+    let p = problems_for(&env);
+    assert!(
+        has(&p, "JWT_REFRESH_SECRET_PREVIOUS", "9 bytes long"),
+        "{p:?}"
+    );
+    assert_eq!(load(&HashMap::new()).unwrap().jwt_audience, "alvryn");
+}

@@ -1,0 +1,67 @@
+//! Request extractors whose rejections use the API's error shape.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// Largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// A JSON body. Requires `Content-Type: application/json`; answers 415,
+/// 413, or 400 with a stable code otherwise.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(JsonBody(v)),
+            Err(rejection) => Err(match rejection {
+                JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "the body must be JSON with Content-Type: application/json",
+                ),
+                JsonRejection::JsonSyntaxError(_) => ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_json",
+                    "the body is not valid JSON",
+                ),
+                JsonRejection::JsonDataError(e) => {
+                    // serde names the missing field, which is safe to repeat;
+                    // a type mismatch would quote the value, which is not.
+                    let text = e.body_text();
+                    let detail = text
+                        .split("missing field ")
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .map_or_else(
+                            || "a field has the wrong type".to_owned(),
+                            |field| format!("missing field {field}"),
+                        );
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        format!("the body is not the expected shape: {detail}"),
+                    )
+                }
+                JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        format!("the body must be at most {MAX_BODY_BYTES} bytes"),
+                    )
+                }
+                other => ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    other.body_text(),
+                ),
+            }),
+        }
+    }
+}
