@@ -165,7 +165,7 @@ impl AppState {
             .await
             .map_err(|_| StartupError::Passwords)?
             .map_err(|_| StartupError::Passwords)?;
-        let auth = Auth::new(store, Arc::new(jwt), hasher);
+        let auth = Auth::new(store, Arc::new(jwt), hasher).with_grace(config.refresh_grace);
         Ok(Self {
             config: Arc::new(config),
             cipher,

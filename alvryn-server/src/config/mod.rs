@@ -9,6 +9,7 @@
 //! | `JWT_SECRET`, `JWT_REFRESH_SECRET` | HMAC secrets for access and refresh tokens, at least 32 bytes each, different |
 //! | `JWT_SECRET_PREVIOUS`, `JWT_REFRESH_SECRET_PREVIOUS` | previous secrets, verify only, for rotation |
 //! | `JWT_AUDIENCE` | the `aud` claim, default `alvryn` |
+//! | `ALVRYN_REFRESH_GRACE_SECONDS` | how long concurrent refreshes of one token share a successor, default 10 |
 //! | `BACKEND_URL`, `FRONTEND_URL` | public URLs of this server and of the web app |
 //! | `STRIPE_SECRET_KEY`, `STRIPE_WEBHOOK_SECRET` | Stripe API key (`sk_`/`rk_`) and webhook signing secret (`whsec_`) |
 //! | `STRIPE_PRICE_MAP` / `STRIPE_PRICE_MAP_JSON` | which plan each price grants: `price_a:pro,price_b:team` or JSON |
@@ -137,6 +138,9 @@ pub struct Config {
     pub jwt_refresh_secret_previous: Option<SecretBytes>,
     /// The `aud` claim of every token (`JWT_AUDIENCE`, default `alvryn`).
     pub jwt_audience: String,
+    /// How long a just-retired refresh token still yields the same
+    /// successor (`ALVRYN_REFRESH_GRACE_SECONDS`, 0-300, default 10).
+    pub refresh_grace: std::time::Duration,
     /// Public URL of this server.
     pub backend_url: Url,
     /// Public URL of the web app (CORS origin, redirects).
@@ -519,6 +523,19 @@ impl Config {
                 r.problem("JWT_REFRESH_SECRET", "must differ from JWT_SECRET");
             }
         }
+        let refresh_grace = match r.text("ALVRYN_REFRESH_GRACE_SECONDS") {
+            None => std::time::Duration::from_secs(10),
+            Some(t) => match t.trim().parse::<u64>() {
+                Ok(n) if n <= 300 => std::time::Duration::from_secs(n),
+                _ => {
+                    r.problem(
+                        "ALVRYN_REFRESH_GRACE_SECONDS",
+                        "must be a whole number of seconds from 0 to 300",
+                    );
+                    std::time::Duration::from_secs(10)
+                }
+            },
+        };
         let backend_url = r.url("BACKEND_URL");
         let frontend_url = r.url("FRONTEND_URL");
         let stripe = r.stripe();
@@ -560,6 +577,7 @@ impl Config {
             jwt_secret_previous,
             jwt_refresh_secret_previous,
             jwt_audience,
+            refresh_grace,
             backend_url,
             frontend_url,
             stripe,
