@@ -9,42 +9,81 @@ use std::time::Duration;
 
 use alvryn_core::auth::{Auth, HashParams, PasswordHasher};
 use alvryn_core::secret::{SecretBytes, SecretString};
-use alvryn_core::store::sqlite::SqliteStore;
 use alvryn_core::store::TokenStore;
+use alvryn_core::store::sqlite::SqliteStore;
 use alvryn_core::token::{HmacSecrets, JwtKeys, JwtSettings, TokenKind};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 fn keys() -> JwtKeys {
     JwtKeys::new(
         JwtSettings::new("https://api.example.com", "alvryn"),
-        HmacSecrets::new(&SecretBytes::copy_from(b"bench-access-secret-0123456789abcdef01234"), None),
-        HmacSecrets::new(&SecretBytes::copy_from(b"bench-refresh-secret-0123456789abcdef0123"), None),
+        HmacSecrets::new(
+            &SecretBytes::copy_from(b"bench-access-secret-0123456789abcdef01234"),
+            None,
+        ),
+        HmacSecrets::new(
+            &SecretBytes::copy_from(b"bench-refresh-secret-0123456789abcdef0123"),
+            None,
+        ),
     )
 }
 
 fn tokens(c: &mut Criterion) {
     let k = keys();
     let now = 1_790_000_000;
-    let claims = k.claims(TokenKind::Access, "eskDXOV7R2c511pTTEEn8w", "WRovHd6tlAE_JEFeR2DYSQ", "SzDVOyqIaWQgIz3lmktDIg", now);
+    let claims = k.claims(
+        TokenKind::Access,
+        "eskDXOV7R2c511pTTEEn8w",
+        "WRovHd6tlAE_JEFeR2DYSQ",
+        "SzDVOyqIaWQgIz3lmktDIg",
+        now,
+    );
     let token = k.sign(&claims).unwrap();
     let mut g = c.benchmark_group("jwt");
-    g.bench_function("access_issue", |b| b.iter(|| k.sign(std::hint::black_box(&claims)).unwrap()));
-    g.bench_function("access_verify", |b| b.iter(|| k.verify(TokenKind::Access, std::hint::black_box(&token), now + 1).unwrap()));
+    g.bench_function("access_issue", |b| {
+        b.iter(|| k.sign(std::hint::black_box(&claims)).unwrap())
+    });
+    g.bench_function("access_verify", |b| {
+        b.iter(|| {
+            k.verify(TokenKind::Access, std::hint::black_box(&token), now + 1)
+                .unwrap()
+        })
+    });
     g.finish();
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn rotation(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let (auth, mut refresh) = rt.block_on(async {
-        let store: Arc<dyn TokenStore> = Arc::new(SqliteStore::open(dir.path().join("bench.db")).await.unwrap());
-        let hasher = PasswordHasher::new(HashParams { memory_kib: 256, iterations: 1, parallelism: 1 }).unwrap();
+        let store: Arc<dyn TokenStore> = Arc::new(
+            SqliteStore::open(dir.path().join("bench.db"))
+                .await
+                .unwrap(),
+        );
+        let hasher = PasswordHasher::new(HashParams {
+            memory_kib: 256,
+            iterations: 1,
+            parallelism: 1,
+        })
+        .unwrap();
         let auth = Auth::new(store, Arc::new(keys()), hasher);
-        let issued = auth.signup("bench@example.com", &SecretString::from("correct horse battery staple"), None).await.unwrap();
+        let issued = auth
+            .signup(
+                "bench@example.com",
+                &SecretString::from("correct horse battery staple"),
+                None,
+            )
+            .await
+            .unwrap();
         (auth, issued.refresh_token.expose().to_owned())
     });
     let mut g = c.benchmark_group("session");
@@ -61,16 +100,44 @@ fn login(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     let auth = rt.block_on(async {
-        let store: Arc<dyn TokenStore> = Arc::new(SqliteStore::open(dir.path().join("bench.db")).await.unwrap());
-        let auth = Auth::new(store, Arc::new(keys()), PasswordHasher::new(HashParams::OWASP).unwrap());
-        auth.signup("known@example.com", &SecretString::from("correct horse battery staple"), None).await.unwrap();
+        let store: Arc<dyn TokenStore> = Arc::new(
+            SqliteStore::open(dir.path().join("bench.db"))
+                .await
+                .unwrap(),
+        );
+        let auth = Auth::new(
+            store,
+            Arc::new(keys()),
+            PasswordHasher::new(HashParams::OWASP).unwrap(),
+        );
+        auth.signup(
+            "known@example.com",
+            &SecretString::from("correct horse battery staple"),
+            None,
+        )
+        .await
+        .unwrap();
         auth
     });
     let wrong = SecretString::from("not the right password");
     let mut g = c.benchmark_group("login_owasp_argon2id");
     g.sample_size(20).measurement_time(Duration::from_secs(6));
-    g.bench_function("wrong_password", |b| b.iter(|| assert!(rt.block_on(auth.login("known@example.com", &wrong, None)).is_err())));
-    g.bench_function("unknown_email", |b| b.iter(|| assert!(rt.block_on(auth.login("unknown@example.com", &wrong, None)).is_err())));
+    g.bench_function("wrong_password", |b| {
+        b.iter(|| {
+            assert!(
+                rt.block_on(auth.login("known@example.com", &wrong, None))
+                    .is_err()
+            )
+        })
+    });
+    g.bench_function("unknown_email", |b| {
+        b.iter(|| {
+            assert!(
+                rt.block_on(auth.login("unknown@example.com", &wrong, None))
+                    .is_err()
+            )
+        })
+    });
     g.finish();
 }
 

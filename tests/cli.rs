@@ -61,10 +61,81 @@ fn restarts_reuse_the_generated_key_and_count_encryptions_durably() {
         ids[0], ids[1],
         "the development key changed across restarts"
     );
-    let ledger: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data.join("field-key-usage.json")).unwrap()).unwrap();
+    // The usage ledger lives in the embedded store; read it from this
+    // process, as a worker would.
+    let reserved = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use alvryn_core::crypto::UsageLedger as _;
+        let store = alvryn_core::store::sqlite::SqliteStore::open(data.join("alvryn.db"))
+            .await
+            .unwrap();
+        store
+            .reserved(&alvryn_core::crypto::KeyId::new(&ids[0]).unwrap())
+            .await
+            .unwrap()
+    });
     // Each start reserves one block for its self-test; two starts, two blocks.
-    assert_eq!(ledger[&ids[0]], 2 * 65_536, "{ledger}");
+    assert_eq!(reserved, 2 * 65_536);
+}
+
+#[test]
+fn two_processes_share_the_embedded_store() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let start = || {
+        let mut c = alvryn();
+        // Two instances of one deployment: one data folder, one public URL.
+        c.env("ALVRYN_DATA_DIR", &data)
+            .env("BACKEND_URL", "http://api.localhost");
+        Server::start(c)
+    };
+    let (a, b) = (start(), start());
+    let pw = "correct horse battery staple";
+    let signup = support::post_json(
+        a.addr,
+        "/auth/signup",
+        &json!({"email": "two@example.com", "password": pw}),
+        None,
+    );
+    assert_eq!(signup.status, 201, "{}", signup.body);
+    // The other process sees the account, and the session it started.
+    let login = support::post_json(
+        b.addr,
+        "/auth/login",
+        &json!({"email": "two@example.com", "password": pw}),
+        None,
+    );
+    assert_eq!(login.status, 200, "{}", login.body);
+    let refreshed = support::post_json(
+        b.addr,
+        "/auth/refresh",
+        &json!({"refresh_token": signup.json()["refresh_token"]}),
+        None,
+    );
+    assert_eq!(refreshed.status, 200, "{}", refreshed.body);
+    let me = support::with_bearer(
+        a.addr,
+        "GET",
+        "/auth/me",
+        refreshed.json()["access_token"].as_str().unwrap(),
+    );
+    assert_eq!(me.status, 200, "{}", me.body);
+    // Interleaved writes from both processes never fail with a lock error.
+    let mut token = refreshed.json()["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 0..20 {
+        let server = if i % 2 == 0 { &a } else { &b };
+        let r = support::post_json(
+            server.addr,
+            "/auth/refresh",
+            &json!({"refresh_token": token}),
+            None,
+        );
+        assert_eq!(r.status, 200, "round {i}: {}", r.body);
+        token = r.json()["refresh_token"].as_str().unwrap().to_owned();
+    }
 }
 
 const SECRET_JWT: &str = "a-jwt-secret-that-must-never-be-printed-0001";

@@ -13,7 +13,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
-const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/wycheproof/json_web_signature_test.json");
+const PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/testdata/wycheproof/json_web_signature_test.json"
+);
 
 /// `invalid` vectors whose `jws` string is byte-for-byte the same as a
 /// `valid` vector of the same group (tc 357): their padding characters
@@ -23,13 +26,21 @@ const CONTRADICTORY: &[u64] = &[367, 370];
 
 /// `valid` vectors we refuse on purpose, with the reason.
 const STRICTER: &[(u64, &str)] = &[
-    (372, "a non-base64url character inside the header part: we accept only canonical base64url"),
-    (373, "a non-base64url character inside the payload part: we accept only canonical base64url"),
+    (
+        372,
+        "a non-base64url character inside the header part: we accept only canonical base64url",
+    ),
+    (
+        373,
+        "a non-base64url character inside the payload part: we accept only canonical base64url",
+    ),
 ];
 
 #[test]
 fn wycheproof_hs256_vectors() {
-    let data: Value = serde_json::from_slice(&std::fs::read(PATH).unwrap_or_else(|e| panic!("{PATH}: {e}"))).unwrap();
+    let data: Value =
+        serde_json::from_slice(&std::fs::read(PATH).unwrap_or_else(|e| panic!("{PATH}: {e}")))
+            .unwrap();
     let (mut valid, mut invalid, mut stricter, mut contradictory) = (0, 0, 0, 0);
     for group in data["testGroups"].as_array().unwrap() {
         let key = &group["private"];
@@ -44,11 +55,18 @@ fn wycheproof_hs256_vectors() {
             HmacSecrets::new(&secret, None),
         );
         let tests = group["tests"].as_array().unwrap();
-        let valid_jws: Vec<&str> = tests.iter().filter(|t| t["result"] == "valid").filter_map(|t| t["jws"].as_str()).collect();
+        let valid_jws: Vec<&str> = tests
+            .iter()
+            .filter(|t| t["result"] == "valid")
+            .filter_map(|t| t["jws"].as_str())
+            .collect();
         for t in tests {
             let id = t["tcId"].as_u64().unwrap();
             if CONTRADICTORY.contains(&id) {
-                assert!(valid_jws.contains(&t["jws"].as_str().unwrap()), "tc {id} is no longer identical to a valid vector");
+                assert!(
+                    valid_jws.contains(&t["jws"].as_str().unwrap()),
+                    "tc {id} is no longer identical to a valid vector"
+                );
                 contradictory += 1;
                 continue;
             }
@@ -68,12 +86,18 @@ fn wycheproof_hs256_vectors() {
                     invalid += 1;
                 }
                 "valid" if STRICTER.iter().any(|(s, _)| *s == id) => {
-                    assert!(got.is_err(), "tc {id} is listed as refused-by-strictness but was accepted");
+                    assert!(
+                        got.is_err(),
+                        "tc {id} is listed as refused-by-strictness but was accepted"
+                    );
                     stricter += 1;
                 }
                 "valid" => {
-                    let payload = got.unwrap_or_else(|e| panic!("tc {id} ({comment}) rejected: {e}"));
-                    let expected = URL_SAFE_NO_PAD.decode(jws.split('.').nth(1).unwrap()).unwrap();
+                    let payload =
+                        got.unwrap_or_else(|e| panic!("tc {id} ({comment}) rejected: {e}"));
+                    let expected = URL_SAFE_NO_PAD
+                        .decode(jws.split('.').nth(1).unwrap())
+                        .unwrap();
                     assert_eq!(payload, expected, "tc {id}");
                     valid += 1;
                 }
@@ -87,5 +111,9 @@ fn wycheproof_hs256_vectors() {
     );
     assert_eq!(contradictory, CONTRADICTORY.len());
     // The HS256 groups of this file hold 40 cases: every one is accounted for.
-    assert_eq!((valid, invalid, stricter), (8, 28, STRICTER.len()), "vector counts changed");
+    assert_eq!(
+        (valid, invalid, stricter),
+        (8, 28, STRICTER.len()),
+        "vector counts changed"
+    );
 }
