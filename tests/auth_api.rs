@@ -1,7 +1,7 @@
 //! The accounts API end to end: the real `alvryn` binary over a real
 //! socket, tokens checked by PyJWT (an independent JWT library), and
 //! hostile input of every kind the API accepts.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
 
 mod support;
 

@@ -1,7 +1,7 @@
 //! The `alvryn` binary end to end: start-up, configuration errors, key
 //! generation, and hostile command lines. Runs the real binary over real
 //! sockets and files.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::type_complexity)]
 
 mod support;
 

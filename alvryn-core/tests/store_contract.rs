@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use alvryn_core::auth::{AUDIT_REFRESH_REUSED, Auth, AuthError, Clock, HashParams, PasswordHasher};
 use alvryn_core::billing::PlanName;
-use alvryn_core::crypto::{KeyId, LedgerError, UsageLedger};
+use alvryn_core::crypto::{KeyId, LedgerError};
 use alvryn_core::secret::{SecretBytes, SecretString};
 use alvryn_core::store::mongo::MongoStore;
 use alvryn_core::store::sqlite::SqliteStore;

@@ -486,36 +486,34 @@ impl UsageLedger for SqliteStore {
         limit: u64,
     ) -> Result<Reservation, LedgerError> {
         let key = key.clone();
-        let result = self
-            .run(move |c| {
-                let tx = c
-                    .transaction_with_behavior(TransactionBehavior::Immediate)
-                    .map_err(unavailable)?;
-                let current: i64 = tx
-                    .query_row(
-                        "SELECT reserved FROM key_usage WHERE key_id = ?1",
-                        [key.as_str()],
-                        |r| r.get(0),
-                    )
-                    .optional()
-                    .map_err(unavailable)?
-                    .unwrap_or(0);
-                let r = match grant(u64::try_from(current).unwrap_or(0), count, limit, &key) {
-                    Ok(r) => r,
-                    Err(e) => return Ok(Err(e)),
-                };
-                tx.execute(
-                    "INSERT INTO key_usage (key_id, reserved) VALUES (?1, ?2)
-                     ON CONFLICT(key_id) DO UPDATE SET reserved = excluded.reserved",
-                    params![key.as_str(), i64::try_from(r.total).unwrap_or(i64::MAX)],
-                )
+        self.run(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(unavailable)?;
-                tx.commit().map_err(unavailable)?;
-                Ok(Ok(r))
-            })
-            .await
-            .map_err(ledger_err)?;
-        result
+            let current: i64 = tx
+                .query_row(
+                    "SELECT reserved FROM key_usage WHERE key_id = ?1",
+                    [key.as_str()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?
+                .unwrap_or(0);
+            let r = match grant(u64::try_from(current).unwrap_or(0), count, limit, &key) {
+                Ok(r) => r,
+                Err(e) => return Ok(Err(e)),
+            };
+            tx.execute(
+                "INSERT INTO key_usage (key_id, reserved) VALUES (?1, ?2)
+                     ON CONFLICT(key_id) DO UPDATE SET reserved = excluded.reserved",
+                params![key.as_str(), i64::try_from(r.total).unwrap_or(i64::MAX)],
+            )
+            .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(Ok(r))
+        })
+        .await
+        .map_err(ledger_err)?
     }
 
     async fn reserved(&self, key: &KeyId) -> Result<u64, LedgerError> {

@@ -237,10 +237,10 @@ impl JwtKeys {
         {
             return Err(TokenError::Invalid);
         }
-        if let Some(typ) = header.get("typ") {
-            if typ.as_str().map(str::to_ascii_uppercase).as_deref() != Some("JWT") {
-                return Err(TokenError::Invalid);
-            }
+        if let Some(typ) = header.get("typ")
+            && typ.as_str().map(str::to_ascii_uppercase).as_deref() != Some("JWT")
+        {
+            return Err(TokenError::Invalid);
         }
         // Canonical base64url for the signature and the payload.
         let sig = URL_SAFE_NO_PAD.decode(s).map_err(|_| TokenError::Invalid)?;

@@ -495,12 +495,11 @@ impl Config {
 
         let mongo_uri = r.text("MONGO_URI").map(SecretString::new);
         let mongo_uri = r.required_in_production("MONGO_URI", mongo_uri);
-        if let Some(uri) = &mongo_uri {
-            if !(uri.expose().starts_with("mongodb://")
+        if let Some(uri) = &mongo_uri
+            && !(uri.expose().starts_with("mongodb://")
                 || uri.expose().starts_with("mongodb+srv://"))
-            {
-                r.problem("MONGO_URI", "must start with mongodb:// or mongodb+srv://");
-            }
+        {
+            r.problem("MONGO_URI", "must start with mongodb:// or mongodb+srv://");
         }
         let jwt_secret = r.jwt_secret("JWT_SECRET");
         let jwt_refresh_secret = r.jwt_secret("JWT_REFRESH_SECRET");
@@ -518,10 +517,10 @@ impl Config {
                 String::new()
             }
         };
-        if let (Some(a), Some(b)) = (&jwt_secret, &jwt_refresh_secret) {
-            if a == b {
-                r.problem("JWT_REFRESH_SECRET", "must differ from JWT_SECRET");
-            }
+        if let (Some(a), Some(b)) = (&jwt_secret, &jwt_refresh_secret)
+            && a == b
+        {
+            r.problem("JWT_REFRESH_SECRET", "must differ from JWT_SECRET");
         }
         let refresh_grace = match r.text("ALVRYN_REFRESH_GRACE_SECONDS") {
             None => std::time::Duration::from_secs(10),
