@@ -61,6 +61,13 @@ impl KeyId {
     }
 }
 
+/// Lets maps keyed by `KeyId` be searched with a `&str` (no allocation).
+impl std::borrow::Borrow<str> for KeyId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

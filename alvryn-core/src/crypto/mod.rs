@@ -144,6 +144,8 @@ struct ActiveKey {
     id: KeyId,
     /// `version || L || key id`: the stored header, precomputed.
     header: Box<[u8]>,
+    /// `AAD_CONTEXT || header`: the fixed start of the associated data.
+    aad_prefix: Box<[u8]>,
     aead: Arc<AeadKey>,
     remaining: AtomicU64,
     granted_here: AtomicU64,
@@ -154,7 +156,8 @@ struct ActiveKey {
 
 struct Inner {
     active: ActiveKey,
-    keys: HashMap<KeyId, Arc<AeadKey>>,
+    /// Every key, active included, with its associated-data prefix.
+    keys: HashMap<KeyId, (Arc<AeadKey>, Box<[u8]>)>,
     ledger: Arc<dyn UsageLedger>,
     block: u64,
     limit: u64,
@@ -228,7 +231,13 @@ impl FieldCipherBuilder {
         for km in self.keys.iter() {
             let aead = AeadKey::new(self.backend, km.key())
                 .map_err(|e| CipherError::InvalidKeySet(format!("key {}: {e}", km.id())))?;
-            if keys.insert(km.id().clone(), Arc::new(aead)).is_some() {
+            let prefix = [AAD_CONTEXT, &header_of(km.id())]
+                .concat()
+                .into_boxed_slice();
+            if keys
+                .insert(km.id().clone(), (Arc::new(aead), prefix))
+                .is_some()
+            {
                 return Err(CipherError::InvalidKeySet(format!(
                     "key id {} appears twice",
                     km.id()
@@ -236,22 +245,17 @@ impl FieldCipherBuilder {
             }
         }
         let id = self.keys.active.id().clone();
-        let mut header = Vec::with_capacity(2 + id.as_str().len());
-        header.push(FORMAT_VERSION);
-        header.push(
-            u8::try_from(id.as_str().len())
-                .map_err(|_| CipherError::InvalidKeySet("key id too long".into()))?,
-        );
-        header.extend_from_slice(id.as_str().as_bytes());
-        let aead = Arc::clone(
-            keys.get(&id)
-                .ok_or_else(|| CipherError::InvalidKeySet("no active key".into()))?,
-        );
+        let header = header_of(&id);
+        let (aead, aad_prefix) = keys
+            .get(&id)
+            .map(|(k, p)| (Arc::clone(k), p.clone()))
+            .ok_or_else(|| CipherError::InvalidKeySet("no active key".into()))?;
         Ok(FieldCipher {
             inner: Arc::new(Inner {
                 active: ActiveKey {
                     id,
-                    header: header.into_boxed_slice(),
+                    aad_prefix,
+                    header,
                     aead,
                     remaining: AtomicU64::new(0),
                     granted_here: AtomicU64::new(0),
@@ -268,29 +272,38 @@ impl FieldCipherBuilder {
     }
 }
 
+/// `version || L || key id`. Key ids are at most 64 bytes, so `L` fits.
+fn header_of(id: &KeyId) -> Box<[u8]> {
+    let id = id.as_str().as_bytes();
+    let mut h = Vec::with_capacity(2 + id.len());
+    h.push(FORMAT_VERSION);
+    h.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
+    h.extend_from_slice(id);
+    h.into_boxed_slice()
+}
+
 /// Associated data is built on the stack when it fits.
 const AAD_STACK: usize = 256;
 
-fn with_aad<R>(header: &[u8], ctx: &FieldContext<'_>, f: impl FnOnce(&[u8]) -> R) -> R {
+/// Calls `f` with the associated data: `prefix` (`AAD_CONTEXT || header`)
+/// then each context part with its u32 big-endian length.
+fn with_aad<R>(prefix: &[u8], ctx: &FieldContext<'_>, f: impl FnOnce(&[u8]) -> R) -> R {
     let parts = [
         ctx.collection.as_bytes(),
         ctx.record_id.as_bytes(),
         ctx.field.as_bytes(),
     ];
-    let len = AAD_CONTEXT.len() + header.len() + parts.iter().map(|p| 4 + p.len()).sum::<usize>();
+    let len = prefix.len() + parts.iter().map(|p| 4 + p.len()).sum::<usize>();
     let write = |buf: &mut [u8]| {
-        let mut at = 0;
-        let mut put = |bytes: &[u8]| {
-            buf[at..at + bytes.len()].copy_from_slice(bytes);
-            at += bytes.len();
-        };
-        put(AAD_CONTEXT);
-        put(header);
+        buf[..prefix.len()].copy_from_slice(prefix);
+        let mut at = prefix.len();
         for p in parts {
             // Lengths above u32::MAX cannot occur for in-memory strings on
             // the platforms we build for; saturate rather than panic.
-            put(&u32::try_from(p.len()).unwrap_or(u32::MAX).to_be_bytes());
-            put(p);
+            buf[at..at + 4]
+                .copy_from_slice(&u32::try_from(p.len()).unwrap_or(u32::MAX).to_be_bytes());
+            buf[at + 4..at + 4 + p.len()].copy_from_slice(p);
+            at += 4 + p.len();
         }
     };
     if len <= AAD_STACK {
@@ -379,11 +392,13 @@ impl FieldCipher {
     /// For migrations that look for values still under an old key.
     #[must_use]
     pub fn key_id_of(text: &str) -> Option<KeyId> {
-        let b64 = text.strip_prefix(TEXT_PREFIX)?;
-        // The header fits in the first 88 characters (66 bytes).
-        let head: String = b64.chars().take(88).collect();
-        let usable = head.len() - head.len() % 4;
-        let bytes = URL_SAFE_NO_PAD.decode(&head[..usable]).ok()?;
+        let b64 = text.strip_prefix(TEXT_PREFIX)?.as_bytes();
+        // The header fits in the first 88 characters (66 bytes); decode
+        // whole 4-character groups only. Non-ASCII input fails to decode.
+        let head = &b64[..b64.len().min(88)];
+        let bytes = URL_SAFE_NO_PAD
+            .decode(&head[..head.len() - head.len() % 4])
+            .ok()?;
         let id_len = usize::from(*bytes.get(1)?);
         KeyId::new(std::str::from_utf8(bytes.get(2..2 + id_len)?).ok()?).ok()
     }
@@ -457,7 +472,7 @@ impl FieldCipher {
         rand::fill(&mut nonce[..]);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
-        let tag = with_aad(&a.header, ctx, |aad| {
+        let tag = with_aad(&a.aad_prefix, ctx, |aad| {
             a.aead
                 .seal_in_place(&nonce, aad, &mut out[header_len + NONCE_LEN..])
         })
@@ -493,10 +508,16 @@ impl FieldCipher {
         blob: &[u8],
     ) -> Result<SecretBytes, CipherError> {
         let p = parse(blob)?;
-        let key = KeyId::new(p.key_id).map_err(|_| CipherError::Decrypt)?;
-        let aead = self.inner.keys.get(&key).ok_or(CipherError::Decrypt)?;
+        let a = &self.inner.active;
+        // The active key is the common case: compare header bytes, no lookup.
+        let (aead, prefix) = if p.header == &a.header[..] {
+            (&a.aead, &a.aad_prefix)
+        } else {
+            let (k, prefix) = self.inner.keys.get(p.key_id).ok_or(CipherError::Decrypt)?;
+            (k, prefix)
+        };
         let mut buf = blob[p.ciphertext.clone()].to_vec();
-        let opened = with_aad(p.header, ctx, |aad| {
+        let opened = with_aad(prefix, ctx, |aad| {
             aead.open_in_place(&p.nonce, aad, &mut buf, &p.tag)
         });
         let secret = SecretBytes::new(buf);
