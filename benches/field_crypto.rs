@@ -133,7 +133,9 @@ fn seal(c: &mut Criterion) {
                     let mut buf = Vec::with_capacity(NONCE_LEN + pt.len() + TAG_LEN);
                     buf.extend_from_slice(&nonce);
                     buf.extend_from_slice(black_box(&pt));
-                    let tag = key.seal_in_place(&nonce, black_box(&aad), &mut buf[NONCE_LEN..]).unwrap();
+                    let tag = key
+                        .seal_in_place(&nonce, black_box(&aad), &mut buf[NONCE_LEN..])
+                        .unwrap();
                     buf.extend_from_slice(&tag);
                     buf
                 });
@@ -203,11 +205,14 @@ fn open(c: &mut Criterion) {
 
             let aad = bound_aad();
             let mut bound_ct = pt.clone();
-            let bound_tag = key.seal_in_place(&FIXED_NONCE, &aad, &mut bound_ct).unwrap();
+            let bound_tag = key
+                .seal_in_place(&FIXED_NONCE, &aad, &mut bound_ct)
+                .unwrap();
             group.bench_function(id(backend, "raw_bound", size), |b| {
                 b.iter(|| {
                     let mut buf = black_box(&bound_ct).to_vec();
-                    key.open_in_place(&FIXED_NONCE, black_box(&aad), &mut buf, &bound_tag).unwrap();
+                    key.open_in_place(&FIXED_NONCE, black_box(&aad), &mut buf, &bound_tag)
+                        .unwrap();
                     buf
                 });
             });
