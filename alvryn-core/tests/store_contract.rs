@@ -26,12 +26,13 @@ use alvryn_core::store::{
 };
 use alvryn_core::token::{HmacSecrets, JwtKeys, JwtSettings};
 
-/// What a backend must be: a token store and a usage ledger.
-use alvryn_core::store::StoreBackend as ContractStore;
+use alvryn_core::crypto::UsageLedger;
+use alvryn_core::store::{ServiceTokenStore, TokenStoreService};
 
 /// A backend under test, with whatever keeps it alive (a temp folder).
 struct Backend {
-    store: Arc<dyn ContractStore>,
+    store: Arc<dyn TokenStore>,
+    ledger: Arc<dyn UsageLedger>,
     _guard: Option<tempfile::TempDir>,
 }
 
@@ -40,19 +41,43 @@ fn require_services() -> bool {
 }
 
 async fn memory() -> Option<Backend> {
+    let store = Arc::new(MemoryStore::new());
     Some(Backend {
-        store: Arc::new(MemoryStore::new()),
+        store: store.clone(),
+        ledger: store,
         _guard: None,
     })
 }
 
 async fn sqlite() -> Option<Backend> {
     let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        SqliteStore::open(dir.path().join("alvryn.db"))
+            .await
+            .unwrap(),
+    );
+    Some(Backend {
+        store: store.clone(),
+        ledger: store,
+        _guard: Some(dir),
+    })
+}
+
+/// The SQLite store seen through its `tower::Service` view under a
+/// timeout and a concurrency limit, and back through `ServiceTokenStore`:
+/// the layered stack must keep every promise of the plain store.
+async fn sqlite_via_tower() -> Option<Backend> {
+    let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("alvryn.db"))
         .await
         .unwrap();
+    let svc = tower::ServiceBuilder::new()
+        .concurrency_limit(8)
+        .timeout(std::time::Duration::from_secs(10))
+        .service(TokenStoreService::new(store.clone()));
     Some(Backend {
-        store: Arc::new(store),
+        store: Arc::new(ServiceTokenStore::new(svc)),
+        ledger: Arc::new(store),
         _guard: Some(dir),
     })
 }
@@ -73,9 +98,10 @@ async fn mongo_at(var: &str, required: bool) -> Option<Backend> {
         "contract_{}",
         name.iter().map(|b| format!("{b:02x}")).collect::<String>()
     ));
-    let store = MongoStore::open(db).await.unwrap();
+    let store = Arc::new(MongoStore::open(db).await.unwrap());
     Some(Backend {
-        store: Arc::new(store),
+        store: store.clone(),
+        ledger: store,
         _guard: None,
     })
 }
@@ -137,7 +163,8 @@ fn rotation(fid: &str, from: &str, to: &str, now_ms: i64) -> Rotation {
 
 // ---------------------------------------------------------------- cases
 
-async fn users_round_trip(s: Arc<dyn ContractStore>) {
+async fn users_round_trip(b: &Backend) {
+    let s = Arc::clone(&b.store);
     let u = user("u1", "alice@example.com");
     s.create_user(&u).await.unwrap();
     assert_eq!(s.user_by_id("u1").await.unwrap().as_ref(), Some(&u));
@@ -175,7 +202,8 @@ async fn users_round_trip(s: Arc<dyn ContractStore>) {
     ));
 }
 
-async fn unique_email_under_20_concurrent_signups(s: Arc<dyn ContractStore>) {
+async fn unique_email_under_20_concurrent_signups(b: &Backend) {
+    let s = Arc::clone(&b.store);
     let tasks: Vec<_> = (0..20)
         .map(|i| {
             let s = Arc::clone(&s);
@@ -197,7 +225,8 @@ async fn unique_email_under_20_concurrent_signups(s: Arc<dyn ContractStore>) {
     assert!(s.user_by_email("race@example.com").await.unwrap().is_some());
 }
 
-async fn rotation_is_compare_and_swap(s: Arc<dyn ContractStore>) {
+async fn rotation_is_compare_and_swap(b: &Backend) {
+    let s = Arc::clone(&b.store);
     s.create_user(&user("u1", "a@example.com")).await.unwrap();
     s.create_family(&family("f1", "u1", "t0", NOW))
         .await
@@ -275,7 +304,8 @@ async fn rotation_is_compare_and_swap(s: Arc<dyn ContractStore>) {
     );
 }
 
-async fn exactly_one_of_50_concurrent_rotations_wins(s: Arc<dyn ContractStore>) {
+async fn exactly_one_of_50_concurrent_rotations_wins(b: &Backend) {
+    let s = Arc::clone(&b.store);
     s.create_user(&user("u1", "a@example.com")).await.unwrap();
     s.create_family(&family("f1", "u1", "t0", NOW))
         .await
@@ -302,7 +332,8 @@ async fn exactly_one_of_50_concurrent_rotations_wins(s: Arc<dyn ContractStore>) 
     assert_eq!(stored.generation, 1);
 }
 
-async fn sessions_listing_and_revocation(s: Arc<dyn ContractStore>) {
+async fn sessions_listing_and_revocation(b: &Backend) {
+    let s = Arc::clone(&b.store);
     s.create_user(&user("u1", "a@example.com")).await.unwrap();
     s.create_user(&user("u2", "b@example.com")).await.unwrap();
     for (i, fid) in ["f1", "f2", "f3"].iter().enumerate() {
@@ -360,7 +391,8 @@ async fn sessions_listing_and_revocation(s: Arc<dyn ContractStore>) {
     );
 }
 
-async fn audit_events_are_kept_in_order(s: Arc<dyn ContractStore>) {
+async fn audit_events_are_kept_in_order(b: &Backend) {
+    let s = Arc::clone(&b.store);
     use alvryn_core::store::AuditEvent;
     for (i, kind) in ["a", "b", "c"].iter().enumerate() {
         let e = AuditEvent {
@@ -388,7 +420,8 @@ async fn audit_events_are_kept_in_order(s: Arc<dyn ContractStore>) {
     assert_eq!(events[0].family_id, None);
 }
 
-async fn the_ledger_never_grants_past_the_limit(s: Arc<dyn ContractStore>) {
+async fn the_ledger_never_grants_past_the_limit(b: &Backend) {
+    let s = Arc::clone(&b.ledger);
     let key = KeyId::new("k-contract").unwrap();
     assert_eq!(s.reserved(&key).await.unwrap(), 0);
     let tasks: Vec<_> = (0..16)
@@ -431,7 +464,7 @@ impl Clock for ManualClock {
     }
 }
 
-fn auth(store: Arc<dyn ContractStore>) -> (Auth, Arc<ManualClock>) {
+fn auth(store: Arc<dyn TokenStore>) -> (Auth, Arc<ManualClock>) {
     let keys = JwtKeys::new(
         JwtSettings::new("https://api.example.com", "alvryn"),
         HmacSecrets::new(
@@ -444,7 +477,6 @@ fn auth(store: Arc<dyn ContractStore>) -> (Auth, Arc<ManualClock>) {
         ),
     );
     let clock = Arc::new(ManualClock(AtomicI64::new(NOW)));
-    let store: Arc<dyn TokenStore> = store;
     let hasher = PasswordHasher::new(HashParams {
         memory_kib: 256,
         iterations: 1,
@@ -459,7 +491,8 @@ fn auth(store: Arc<dyn ContractStore>) -> (Auth, Arc<ManualClock>) {
 
 const PASSWORD: &str = "correct horse battery staple";
 
-async fn fifty_concurrent_refreshes_get_one_successor(s: Arc<dyn ContractStore>) {
+async fn fifty_concurrent_refreshes_get_one_successor(b: &Backend) {
+    let s = Arc::clone(&b.store);
     let (auth, clock) = auth(Arc::clone(&s));
     let first = auth
         .signup(
@@ -504,7 +537,8 @@ async fn fifty_concurrent_refreshes_get_one_successor(s: Arc<dyn ContractStore>)
     assert_ne!(next.refresh_token.expose(), successors[0]);
 }
 
-async fn reuse_after_the_grace_window_revokes_the_family(s: Arc<dyn ContractStore>) {
+async fn reuse_after_the_grace_window_revokes_the_family(b: &Backend) {
+    let s = Arc::clone(&b.store);
     let (auth, clock) = auth(Arc::clone(&s));
     let first = auth
         .signup("victim@example.com", &SecretString::from(PASSWORD), None)
@@ -549,7 +583,8 @@ async fn reuse_after_the_grace_window_revokes_the_family(s: Arc<dyn ContractStor
     assert_eq!(f.revoke_reason, Some(RevokeReason::Reuse));
 }
 
-async fn expired_and_revoked_tokens_are_rejected(s: Arc<dyn ContractStore>) {
+async fn expired_and_revoked_tokens_are_rejected(b: &Backend) {
+    let s = Arc::clone(&b.store);
     let (auth, clock) = auth(Arc::clone(&s));
     let a = auth
         .signup("exp@example.com", &SecretString::from(PASSWORD), None)
@@ -601,7 +636,8 @@ async fn expired_and_revoked_tokens_are_rejected(s: Arc<dyn ContractStore>) {
     ));
 }
 
-async fn twenty_concurrent_signups_one_winner(s: Arc<dyn ContractStore>) {
+async fn twenty_concurrent_signups_one_winner(b: &Backend) {
+    let s = Arc::clone(&b.store);
     let (auth, _) = auth(s);
     let tasks: Vec<_> = (0..20)
         .map(|_| {
@@ -623,12 +659,68 @@ async fn twenty_concurrent_signups_one_winner(s: Arc<dyn ContractStore>) {
     assert_eq!(won, 1);
 }
 
+async fn login_upgrades_outdated_password_hashes(b: &Backend) {
+    let s = Arc::clone(&b.store);
+    // An account whose hash was made with weaker parameters than today's.
+    let old = PasswordHasher::new(HashParams {
+        memory_kib: 128,
+        iterations: 1,
+        parallelism: 1,
+    })
+    .unwrap();
+    let old_phc = old.hash(&SecretString::from(PASSWORD)).await.unwrap();
+    s.create_user(&User {
+        password_hash: Some(old_phc.clone()),
+        ..user("old-user", "old@example.com")
+    })
+    .await
+    .unwrap();
+    let (auth, _) = auth(Arc::clone(&s));
+    // A wrong password changes nothing.
+    assert!(matches!(
+        auth.login(
+            "old@example.com",
+            &SecretString::from("wrong password"),
+            None
+        )
+        .await,
+        Err(AuthError::InvalidCredentials)
+    ));
+    assert_eq!(
+        s.user_by_id("old-user")
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash
+            .as_deref(),
+        Some(old_phc.as_str())
+    );
+    // The right one logs in and replaces the hash with today's parameters.
+    auth.login("old@example.com", &SecretString::from(PASSWORD), None)
+        .await
+        .unwrap();
+    let new_phc = s
+        .user_by_id("old-user")
+        .await
+        .unwrap()
+        .unwrap()
+        .password_hash
+        .unwrap();
+    assert!(
+        new_phc.starts_with("$argon2id$v=19$m=256,t=1,p=1$"),
+        "{new_phc}"
+    );
+    // And the new hash works.
+    auth.login("old@example.com", &SecretString::from(PASSWORD), None)
+        .await
+        .unwrap();
+}
+
 // ------------------------------------------------------- the matrix
 
 macro_rules! contract {
     ($backend:ident) => {
         mod $backend {
-            use super::*;
             macro_rules! case {
                 ($name:ident) => {
                     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -636,7 +728,7 @@ macro_rules! contract {
                         let Some(b) = super::$backend().await else {
                             return;
                         };
-                        super::$name(Arc::clone(&b.store)).await;
+                        super::$name(&b).await;
                     }
                 };
             }
@@ -651,11 +743,13 @@ macro_rules! contract {
             case!(reuse_after_the_grace_window_revokes_the_family);
             case!(expired_and_revoked_tokens_are_rejected);
             case!(twenty_concurrent_signups_one_winner);
+            case!(login_upgrades_outdated_password_hashes);
         }
     };
 }
 
 contract!(memory);
 contract!(sqlite);
+contract!(sqlite_via_tower);
 contract!(mongo_standin);
 contract!(mongo_real);
