@@ -403,13 +403,22 @@ impl FieldCipher {
         KeyId::new(std::str::from_utf8(bytes.get(2..2 + id_len)?).ok()?).ok()
     }
 
+    /// The hot path: take one encryption from the local block, if any.
+    #[inline]
+    fn try_take_slot(&self) -> bool {
+        self.inner
+            .active
+            .remaining
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1))
+            .is_ok()
+    }
+
+    /// The slow path: refill the local block from the ledger (one durable
+    /// write), then take one encryption.
     async fn take_slot(&self) -> Result<(), CipherError> {
         let a = &self.inner.active;
         loop {
-            if a.remaining
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1))
-                .is_ok()
-            {
+            if self.try_take_slot() {
                 return Ok(());
             }
             if a.exhausted.load(Ordering::Acquire) {
@@ -463,7 +472,14 @@ impl FieldCipher {
         ctx: &FieldContext<'_>,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, CipherError> {
-        self.take_slot().await?;
+        if !self.try_take_slot() {
+            self.take_slot().await?;
+        }
+        self.seal(ctx, plaintext)
+    }
+
+    /// Seals under the active key; the caller has taken a slot.
+    fn seal(&self, ctx: &FieldContext<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CipherError> {
         let a = &self.inner.active;
         let header_len = a.header.len();
         let mut out = Vec::with_capacity(header_len + NONCE_LEN + plaintext.len() + TAG_LEN);
