@@ -79,6 +79,10 @@ pub enum StartupError {
     /// The password hasher could not be set up.
     #[error("the password hasher could not be set up")]
     Passwords,
+    /// A token secret is neither configured nor generated (a bug: the
+    /// configuration check should have caught it).
+    #[error("{0} is not set")]
+    MissingSecret(&'static str),
     /// The listen address could not be bound.
     #[error("could not listen on {addr}: {source}")]
     Bind {
@@ -143,15 +147,21 @@ impl AppState {
             .await
             .map_err(StartupError::Keys)?;
 
-        let pick = |configured: &Option<alvryn_core::SecretBytes>,
+        let pick = |var: &'static str,
+                    configured: &Option<alvryn_core::SecretBytes>,
                     generated: Option<&alvryn_core::SecretBytes>| {
             configured
                 .clone()
                 .or_else(|| generated.cloned())
-                .ok_or(StartupError::Passwords)
+                .ok_or(StartupError::MissingSecret(var))
         };
-        let access = pick(&config.jwt_secret, dev.as_ref().map(|d| &d.jwt_secret))?;
+        let access = pick(
+            "JWT_SECRET",
+            &config.jwt_secret,
+            dev.as_ref().map(|d| &d.jwt_secret),
+        )?;
         let refresh = pick(
+            "JWT_REFRESH_SECRET",
             &config.jwt_refresh_secret,
             dev.as_ref().map(|d| &d.jwt_refresh_secret),
         )?;
