@@ -29,6 +29,7 @@ pub mod billing;
 pub mod crypto;
 pub mod key;
 pub mod secret;
+mod service;
 pub mod store;
 pub mod token;
 

@@ -154,35 +154,28 @@ async fn config_check(data_dir: PathBuf, offline: bool) -> ExitCode {
         out.push_str(&format!("{var:<34} {value}\n"));
     }
     print!("{out}");
-    if let FieldKeys::Kms { .. } = config.field_keys {
-        if offline {
+    let how = match &config.field_keys {
+        FieldKeys::DevGenerated => return ExitCode::SUCCESS,
+        FieldKeys::Kms { .. } if offline => {
             println!("field keys: not unwrapped (--offline)");
             return ExitCode::SUCCESS;
         }
-        match crate::keys::load_key_set(&config, None).await {
-            Ok(set) => {
-                let ids: Vec<_> = set.iter().map(|k| k.id().to_string()).collect();
-                println!(
-                    "field keys: unwrapped with KMS; active {}, previous [{}]",
-                    ids[0],
-                    ids[1..].join(", ")
-                );
-            }
-            Err(e) => {
-                eprintln!("alvryn: field-encryption keys: {e}");
-                return ExitCode::from(EXIT_FAILURE);
-            }
+        FieldKeys::Kms { .. } => "unwrapped with KMS; ",
+        FieldKeys::Static { .. } => "",
+    };
+    match crate::keys::load_key_set(&config, None).await {
+        Ok(set) => {
+            let previous: Vec<_> = set.previous.iter().map(|k| k.id().to_string()).collect();
+            println!(
+                "field keys: {how}active {}, previous [{}]",
+                set.active.id(),
+                previous.join(", ")
+            );
         }
-    } else if let FieldKeys::Static { active, previous } = &config.field_keys {
-        let prev: Vec<_> = previous
-            .iter()
-            .map(|k| KeyMaterial::fingerprinted(k.clone()).id().to_string())
-            .collect();
-        println!(
-            "field keys: active {}, previous [{}]",
-            KeyMaterial::fingerprinted(active.clone()).id(),
-            prev.join(", ")
-        );
+        Err(e) => {
+            eprintln!("alvryn: field-encryption keys: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
     }
     ExitCode::SUCCESS
 }

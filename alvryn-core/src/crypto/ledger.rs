@@ -372,13 +372,11 @@ where
 {
     async fn call(&self, req: LedgerRequest) -> Result<LedgerResponse, LedgerError> {
         use tower::ServiceExt as _;
-        self.service.clone().oneshot(req).await.map_err(|e| {
-            let boxed: Box<dyn std::error::Error + Send + Sync> = e.into();
-            match boxed.downcast::<LedgerError>() {
-                Ok(ledger_error) => *ledger_error,
-                Err(other) => LedgerError::Storage(other),
-            }
-        })
+        self.service
+            .clone()
+            .oneshot(req)
+            .await
+            .map_err(|e| crate::service::from_layer(e, LedgerError::Storage))
     }
 }
 

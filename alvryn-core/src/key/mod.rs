@@ -267,17 +267,11 @@ where
 {
     async fn load(&self) -> Result<KeySet, KeyError> {
         use tower::ServiceExt as _;
-        let svc = self.service.clone();
-        match svc.oneshot(LoadKeys).await {
-            Ok(keys) => Ok(keys),
-            Err(e) => {
-                let boxed: Box<dyn std::error::Error + Send + Sync> = e.into();
-                match boxed.downcast::<KeyError>() {
-                    Ok(key_error) => Err(*key_error),
-                    Err(other) => Err(KeyError::Unavailable(other)),
-                }
-            }
-        }
+        self.service
+            .clone()
+            .oneshot(LoadKeys)
+            .await
+            .map_err(|e| crate::service::from_layer(e, KeyError::Unavailable))
     }
 }
 

@@ -174,13 +174,11 @@ where
 {
     async fn call(&self, req: StoreRequest) -> Result<StoreResponse, StoreError> {
         use tower::ServiceExt as _;
-        self.service.clone().oneshot(req).await.map_err(|e| {
-            let boxed: Box<dyn std::error::Error + Send + Sync> = e.into();
-            match boxed.downcast::<StoreError>() {
-                Ok(store_error) => *store_error,
-                Err(other) => StoreError::Unavailable(other),
-            }
-        })
+        self.service
+            .clone()
+            .oneshot(req)
+            .await
+            .map_err(|e| crate::service::from_layer(e, StoreError::Unavailable))
     }
 }
 
