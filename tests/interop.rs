@@ -52,6 +52,8 @@ async fn python_decrypts_what_rust_encrypts_from_the_documented_format() {
         return;
     };
     let key = [0x5au8; 32];
+    // Over 127 bytes: a two-byte length and more than one padding block.
+    let long_id = "r".repeat(300);
     for &backend in AeadBackend::ALL {
         for (active, ctx, plain) in [
             (
@@ -75,6 +77,11 @@ async fn python_decrypts_what_rust_encrypts_from_the_documented_format() {
                 KeyMaterial::fingerprinted(SecretBytes::copy_from(&key)),
                 FieldContext::new("", "", ""),
                 &b""[..],
+            ),
+            (
+                KeyMaterial::fingerprinted(SecretBytes::copy_from(&key)),
+                FieldContext::new("users", &long_id, "note"),
+                &b"long record id"[..],
             ),
         ] {
             let cipher = FieldCipher::builder(KeySet::single(active))

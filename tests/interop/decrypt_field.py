@@ -6,7 +6,6 @@ usage: decrypt_field.py KEY_B64 COLLECTION RECORD_ID FIELD CIPHERTEXT
 prints the plaintext as hex; exits 1 if it does not decrypt.
 """
 import base64
-import struct
 import sys
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -16,6 +15,15 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def leb128(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def decrypt(key: bytes, collection: str, record_id: str, field: str, text: str) -> bytes:
     if not text.startswith("av1:"):
         raise ValueError("not an av1 ciphertext")
@@ -23,13 +31,13 @@ def decrypt(key: bytes, collection: str, record_id: str, field: str, text: str) 
     version, id_len = blob[0], blob[1]
     if version != 1 or not 1 <= id_len <= 64:
         raise ValueError("unsupported header")
-    header = blob[: 2 + id_len]
     nonce = blob[2 + id_len : 14 + id_len]
     sealed = blob[14 + id_len :]  # ciphertext || tag, as AESGCM expects
-    aad = b"alvryn.field.v1\x00" + header
+    aad = bytes([version])
     for part in (collection, record_id, field):
         raw = part.encode("utf-8")
-        aad += struct.pack(">I", len(raw)) + raw
+        aad += leb128(len(raw)) + raw
+    aad += b"\x00" * (-len(aad) % 64)
     return AESGCM(key).decrypt(nonce, sealed, aad)
 
 

@@ -63,18 +63,50 @@ async fn the_context_is_bound_and_unambiguous() {
 
 #[tokio::test]
 async fn relabelling_the_key_id_fails() {
-    // Two keys that are the same bytes under different ids: moving a
-    // ciphertext from one id to the other must not decrypt.
-    let bytes = SecretBytes::copy_from(&[9u8; 32]);
-    let a = KeyMaterial::new(KeyId::new("aa").unwrap(), bytes.clone());
-    let b = KeyMaterial::new(KeyId::new("bb").unwrap(), bytes);
-    let c = cipher(KeySet::single(a).with_previous(b));
+    // Moving a ciphertext to another configured key's id must not decrypt.
+    let c = cipher(KeySet::single(key(1)).with_previous(key(2)));
     let mut blob = c.encrypt_bytes(&CTX, b"v").await.unwrap();
-    blob[2..4].copy_from_slice(b"bb");
+    let other = key(2).id().as_str().as_bytes().to_vec();
+    assert_eq!(other.len(), usize::from(blob[1]));
+    blob[2..2 + other.len()].copy_from_slice(&other);
     assert!(matches!(
         c.decrypt_bytes(&CTX, &blob),
         Err(CipherError::Decrypt)
     ));
+}
+
+#[test]
+fn varints_are_leb128() {
+    for (n, bytes) in [
+        (0usize, &[0x00u8][..]),
+        (1, &[0x01]),
+        (127, &[0x7f]),
+        (128, &[0x80, 0x01]),
+        (300, &[0xac, 0x02]),
+        (16_383, &[0xff, 0x7f]),
+        (16_384, &[0x80, 0x80, 0x01]),
+    ] {
+        let mut buf = [0u8; 10];
+        let end = put_varint(&mut buf, 0, n);
+        assert_eq!(&buf[..end], bytes, "{n}");
+        assert_eq!(varint_len(n), bytes.len(), "{n}");
+    }
+    assert_eq!(varint_len(usize::MAX), usize::BITS.div_ceil(7) as usize);
+}
+
+#[test]
+fn associated_data_is_version_varint_parts_and_zero_padding() {
+    let ctx = FieldContext::new("users", "u1", "secret");
+    let aad = with_aad(&ctx, <[u8]>::to_vec);
+    let mut expected = b"\x01\x05users\x02u1\x06secret".to_vec();
+    expected.resize(64, 0);
+    assert_eq!(aad, expected);
+    // A 200-byte record id takes a two-byte length and the heap path.
+    let long = "r".repeat(200);
+    let aad = with_aad(&FieldContext::new("c", &long, "f"), <[u8]>::to_vec);
+    assert_eq!(aad.len(), 256);
+    assert_eq!(&aad[..5], b"\x01\x01c\xc8\x01");
+    assert_eq!(&aad[205..208], b"\x01f\x00");
 }
 
 #[tokio::test]
