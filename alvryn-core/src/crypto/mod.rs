@@ -369,29 +369,29 @@ struct Parsed<'a> {
     tag: [u8; TAG_LEN],
 }
 
-fn parse(blob: &[u8]) -> Result<Parsed<'_>, CipherError> {
-    let (&version, rest) = blob.split_first().ok_or(CipherError::Decrypt)?;
-    if version != FORMAT_VERSION {
-        return Err(CipherError::Decrypt);
-    }
-    let (&id_len, _) = rest.split_first().ok_or(CipherError::Decrypt)?;
+/// Locates the parts of a binary envelope; `None` if it cannot be one.
+/// (An `Option`, not a `Result`: building an error value on the success
+/// path costs a drop on every call.)
+fn parse(blob: &[u8]) -> Option<Parsed<'_>> {
+    let [version, id_len, ..] = *blob else {
+        return None;
+    };
     let id_len = usize::from(id_len);
-    if id_len == 0 || id_len > MAX_KEY_ID_LEN {
-        return Err(CipherError::Decrypt);
+    if version != FORMAT_VERSION || id_len == 0 || id_len > MAX_KEY_ID_LEN {
+        return None;
     }
     let header_len = 2 + id_len;
-    let min = header_len + NONCE_LEN + TAG_LEN;
-    if blob.len() < min {
-        return Err(CipherError::Decrypt);
+    let start = header_len + NONCE_LEN;
+    let end = blob.len().checked_sub(TAG_LEN)?;
+    if end < start {
+        return None;
     }
-    let mut nonce = [0u8; NONCE_LEN];
-    nonce.copy_from_slice(&blob[header_len..header_len + NONCE_LEN]);
-    let mut tag = [0u8; TAG_LEN];
-    tag.copy_from_slice(&blob[blob.len() - TAG_LEN..]);
-    Ok(Parsed {
+    let nonce = blob[header_len..start].try_into().ok()?;
+    let tag = blob[end..].try_into().ok()?;
+    Some(Parsed {
         header: &blob[..header_len],
         nonce,
-        ciphertext: header_len + NONCE_LEN..blob.len() - TAG_LEN,
+        ciphertext: start..end,
         tag,
     })
 }
@@ -565,14 +565,19 @@ impl FieldCipher {
         ctx: &FieldContext<'_>,
         blob: &[u8],
     ) -> Result<SecretBytes, CipherError> {
-        let p = parse(blob)?;
+        let Some(p) = parse(blob) else {
+            return Err(CipherError::Decrypt);
+        };
         let a = &self.inner.active;
         // The active key is the common case: compare header bytes, no lookup.
         let aead = if p.header == &a.header[..] {
             &a.aead
         } else {
-            let id = std::str::from_utf8(&p.header[2..]).map_err(|_| CipherError::Decrypt)?;
-            self.inner.keys.get(id).ok_or(CipherError::Decrypt)?
+            let id = std::str::from_utf8(&p.header[2..]).ok();
+            let Some(k) = id.and_then(|id| self.inner.keys.get(id)) else {
+                return Err(CipherError::Decrypt);
+            };
+            k
         };
         let mut buf = blob[p.ciphertext.clone()].to_vec();
         match with_aad(ctx, |aad| {
@@ -592,7 +597,9 @@ impl FieldCipher {
     /// # Errors
     /// As [`FieldCipher::decrypt_bytes`].
     pub fn decrypt(&self, ctx: &FieldContext<'_>, text: &str) -> Result<SecretBytes, CipherError> {
-        let b64 = text.strip_prefix(TEXT_PREFIX).ok_or(CipherError::Decrypt)?;
+        let Some(b64) = text.strip_prefix(TEXT_PREFIX) else {
+            return Err(CipherError::Decrypt);
+        };
         let blob = URL_SAFE_NO_PAD
             .decode(b64)
             .map_err(|_| CipherError::Decrypt)?;
