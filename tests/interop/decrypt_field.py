@@ -12,7 +12,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 
 def b64url_decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    # Strict, as the README asks: the alphabet only, and canonical (the
+    # unused trailing bits zero), which re-encoding checks.
+    raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != text:
+        raise ValueError("non-canonical base64")
+    return raw
 
 
 def leb128(n: int) -> bytes:

@@ -128,7 +128,8 @@ pub enum CipherError {
     /// The key set cannot be used (duplicate ids, wrong key length).
     #[error("invalid key set: {0}")]
     InvalidKeySet(String),
-    /// The plaintext is longer than AES-GCM can seal.
+    /// The plaintext is longer than AES-GCM can seal, or the context too
+    /// long to encode (on 32-bit targets only).
     #[error("the value is too large to encrypt")]
     TooLarge,
 }
@@ -142,7 +143,7 @@ pub struct KeyUsage {
     pub reserved_total: u64,
     /// Encryptions performed by this cipher (this process). Exact for
     /// the calling thread; each other thread that encrypted may hold up
-    /// to 32 taken but unspent, counted here until it gives them back.
+    /// to 31 taken but unspent, counted here until it gives them back.
     pub performed_here: u64,
     /// The limit after which the key refuses to encrypt.
     pub limit: u64,
@@ -312,19 +313,26 @@ fn put_varint(buf: &mut [u8], mut at: usize, mut n: usize) -> usize {
 
 /// Calls `f` with the associated data for `ctx`: the format version,
 /// then collection, record id and field, each preceded by its length as
-/// an unsigned LEB128 varint, then zeros up to a multiple of 64 bytes.
-/// The encoding is prefix-free, so two contexts never share it.
+/// an unsigned LEB128 varint, then zeros up to a multiple of 64 bytes
+/// (none when already a multiple). The encoding is prefix-free, so two
+/// contexts never share it. The version byte comes first so that a later
+/// format, which must do the same, can never share associated data with
+/// this one.
+///
+/// `None` only when the context is too large to encode (three parts
+/// longer together than the address space: possible on 32-bit targets
+/// only, with the same huge string passed three times).
 #[inline]
-fn with_aad<R>(ctx: &FieldContext<'_>, f: impl FnOnce(&[u8]) -> R) -> R {
+fn with_aad<R>(ctx: &FieldContext<'_>, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
     let parts = [
         ctx.collection.as_bytes(),
         ctx.record_id.as_bytes(),
         ctx.field.as_bytes(),
     ];
-    let len = 1 + parts
-        .iter()
-        .map(|p| varint_len(p.len()) + p.len())
-        .sum::<usize>();
+    let len = parts.iter().fold(1usize, |len, p| {
+        len.saturating_add(varint_len(p.len()))
+            .saturating_add(p.len())
+    });
     // Writes into a zeroed buffer of at least `len` bytes; the rest of
     // it stays zero and is the padding.
     let write = |buf: &mut [u8]| {
@@ -336,15 +344,16 @@ fn with_aad<R>(ctx: &FieldContext<'_>, f: impl FnOnce(&[u8]) -> R) -> R {
             at += p.len();
         }
     };
-    let padded = len.next_multiple_of(AAD_ALIGN);
+    // A saturated `len` (usize::MAX) has no next multiple: None.
+    let padded = len.checked_next_multiple_of(AAD_ALIGN)?;
     if padded <= AAD_STACK {
         let mut buf = [0u8; AAD_STACK];
         write(&mut buf);
-        f(&buf[..padded])
+        Some(f(&buf[..padded]))
     } else {
         let mut buf = vec![0u8; padded];
         write(&mut buf);
-        f(&buf)
+        Some(f(&buf))
     }
 }
 
@@ -419,9 +428,11 @@ impl FieldCipher {
     #[must_use]
     pub fn usage(&self) -> KeyUsage {
         let a = &self.inner.active;
-        let granted = a.granted_here.load(Ordering::Acquire);
+        // The pool before the grants: a refill in between then makes the
+        // figure err high, never low.
         a.slots.flush_local();
         let remaining = a.slots.pooled();
+        let granted = a.granted_here.load(Ordering::Acquire);
         KeyUsage {
             key_id: a.id.clone(),
             reserved_total: a.reserved_total.load(Ordering::Acquire),
@@ -530,11 +541,12 @@ impl FieldCipher {
         let nonce = random_nonce();
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
-        let tag = with_aad(ctx, |aad| {
+        let Some(Ok(tag)) = with_aad(ctx, |aad| {
             a.aead
                 .seal_in_place(&nonce, aad, &mut out[header_len + NONCE_LEN..])
-        })
-        .map_err(|_| CipherError::TooLarge)?;
+        }) else {
+            return Err(CipherError::TooLarge);
+        };
         out.extend_from_slice(&tag);
         Ok(out)
     }
@@ -583,8 +595,8 @@ impl FieldCipher {
         match with_aad(ctx, |aad| {
             aead.open_in_place(&p.nonce, aad, &mut buf, &p.tag)
         }) {
-            Ok(()) => Ok(SecretBytes::new(buf)),
-            Err(_) => {
+            Some(Ok(())) => Ok(SecretBytes::new(buf)),
+            _ => {
                 // What the AEAD left in the buffer is unspecified: wipe it.
                 zeroize::Zeroize::zeroize(buf.as_mut_slice());
                 Err(CipherError::Decrypt)

@@ -62,17 +62,64 @@ async fn the_context_is_bound_and_unambiguous() {
 }
 
 #[tokio::test]
-async fn relabelling_the_key_id_fails() {
-    // Moving a ciphertext to another configured key's id must not decrypt.
+async fn the_key_id_selects_the_key_and_another_keys_id_fails() {
     let c = cipher(KeySet::single(key(1)).with_previous(key(2)));
-    let mut blob = c.encrypt_bytes(&CTX, b"v").await.unwrap();
+    let blob = c.encrypt_bytes(&CTX, b"v").await.unwrap();
+    let mut moved = blob.clone();
     let other = key(2).id().as_str().as_bytes().to_vec();
-    assert_eq!(other.len(), usize::from(blob[1]));
-    blob[2..2 + other.len()].copy_from_slice(&other);
+    assert_eq!(other.len(), usize::from(moved[1]));
+    moved[2..2 + other.len()].copy_from_slice(&other);
     assert!(matches!(
-        c.decrypt_bytes(&CTX, &blob),
+        c.decrypt_bytes(&CTX, &moved),
         Err(CipherError::Decrypt)
     ));
+    // Two ids for the same key bytes are interchangeable (documented):
+    // relabelling between them decrypts to the same value.
+    let bytes = SecretBytes::copy_from(&[9u8; 32]);
+    let a = KeyMaterial::new(KeyId::new("aa").unwrap(), bytes.clone());
+    let b = KeyMaterial::new(KeyId::new("bb").unwrap(), bytes);
+    let c = cipher(KeySet::single(a).with_previous(b));
+    let mut blob = c.encrypt_bytes(&CTX, b"v").await.unwrap();
+    blob[2..4].copy_from_slice(b"bb");
+    assert_eq!(c.decrypt_bytes(&CTX, &blob).unwrap().expose(), b"v");
+}
+
+/// A ciphertext made once and frozen here: if the format or the
+/// associated data ever change, stored values stop decrypting, and this
+/// test says so.
+#[test]
+fn a_frozen_ciphertext_still_decrypts_on_every_backend() {
+    const FROZEN: &str = "av1:ARFrMDgyMDk5ZDdhMjM2NTBmMka2Dkx4q2FofMIf_U86RnexK0kU32WOVyUnbIJwGSQNlYon3nxxsg6iLNLKYw";
+    for &backend in AeadBackend::ALL {
+        let c = FieldCipher::builder(KeySet::single(key(7)))
+            .backend(backend)
+            .build()
+            .unwrap();
+        let ctx = FieldContext::new("provider_tokens", "65f1c0ffee", "refresh_token");
+        assert_eq!(
+            c.decrypt(&ctx, FROZEN).unwrap().expose(),
+            b"known answer \xf0\x9f\x94\x91",
+            "{backend:?}"
+        );
+        let moved = FieldContext::new("provider_tokens", "65f1c0ffef", "refresh_token");
+        assert!(c.decrypt(&moved, FROZEN).is_err());
+    }
+}
+
+#[tokio::test]
+async fn associated_data_lengths_at_the_padding_and_stack_boundaries() {
+    let c = cipher(KeySet::single(key(1)));
+    // 1 version byte + 3 one-byte lengths + the parts.
+    for (parts_len, padded) in [(60, 64), (61, 128), (124, 128), (125, 192), (400, 448)] {
+        let collection = "c".repeat(parts_len);
+        let ctx = FieldContext::new(&collection, "", "");
+        let aad = with_aad(&ctx, <[u8]>::to_vec).unwrap();
+        assert_eq!(aad.len(), padded, "{parts_len}");
+        let text = c.encrypt(&ctx, b"v").await.unwrap();
+        assert_eq!(c.decrypt(&ctx, &text).unwrap().expose(), b"v");
+        let shorter = FieldContext::new(&collection[1..], "", "");
+        assert!(c.decrypt(&shorter, &text).is_err());
+    }
 }
 
 #[test]
@@ -97,13 +144,13 @@ fn varints_are_leb128() {
 #[test]
 fn associated_data_is_version_varint_parts_and_zero_padding() {
     let ctx = FieldContext::new("users", "u1", "secret");
-    let aad = with_aad(&ctx, <[u8]>::to_vec);
+    let aad = with_aad(&ctx, <[u8]>::to_vec).unwrap();
     let mut expected = b"\x01\x05users\x02u1\x06secret".to_vec();
     expected.resize(64, 0);
     assert_eq!(aad, expected);
     // A 200-byte record id takes a two-byte length and the heap path.
     let long = "r".repeat(200);
-    let aad = with_aad(&FieldContext::new("c", &long, "f"), <[u8]>::to_vec);
+    let aad = with_aad(&FieldContext::new("c", &long, "f"), <[u8]>::to_vec).unwrap();
     assert_eq!(aad.len(), 256);
     assert_eq!(&aad[..5], b"\x01\x01c\xc8\x01");
     assert_eq!(&aad[205..208], b"\x01f\x00");
