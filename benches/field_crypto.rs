@@ -31,82 +31,22 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use alvryn::core::crypto::{
-    AeadBackend, AeadKey, FieldCipher, FieldContext, KEY_LEN, KeyMaterial, KeySet, NONCE_LEN,
-    TAG_LEN,
-};
-use alvryn::core::secret::SecretBytes;
+use alvryn::core::crypto::AeadBackend;
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, measurement::WallTime};
 use criterion::{criterion_group, criterion_main};
 
-const KEY: [u8; KEY_LEN] = [0x42; KEY_LEN];
-const FIXED_NONCE: [u8; NONCE_LEN] = [0x24; NONCE_LEN];
+mod common;
+use common::{
+    bound_aad, context, field_cipher, open_raw, plaintext, raw_key, runtime, seal_bound, seal_raw,
+    sealed,
+};
+
 const SIZES: &[(usize, &str)] = &[
     (64, "64B"),
     (1 << 10, "1KiB"),
     (16 << 10, "16KiB"),
     (1 << 20, "1MiB"),
 ];
-
-fn context() -> FieldContext<'static> {
-    FieldContext::new(
-        "provider_tokens",
-        "65f1c0ffee0123456789abcd",
-        "refresh_token",
-    )
-}
-
-/// The associated data the envelope builds for `context()` (its layout
-/// is documented in `alvryn_core::crypto`): the format version, each
-/// part after its length (all below 128, so one varint byte each), zero
-/// padding to a multiple of 64 bytes.
-fn bound_aad() -> Vec<u8> {
-    let ctx = context();
-    let mut aad = vec![1u8];
-    for part in [ctx.collection, ctx.record_id, ctx.field] {
-        // One-byte LEB128 lengths only (all parts here are shorter).
-        assert!(part.len() < 0x80);
-        aad.push(part.len() as u8);
-        aad.extend_from_slice(part.as_bytes());
-    }
-    aad.resize(aad.len().next_multiple_of(64), 0);
-    aad
-}
-
-/// A fresh random nonce, drawn as the envelope draws it.
-fn random_nonce() -> [u8; NONCE_LEN] {
-    use rand::Rng as _;
-    let mut rng = rand::rng();
-    let mut nonce = [0u8; NONCE_LEN];
-    nonce[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
-    nonce[8..].copy_from_slice(&rng.next_u32().to_le_bytes());
-    nonce
-}
-
-fn raw_key(backend: AeadBackend) -> AeadKey {
-    AeadKey::new(backend, &SecretBytes::copy_from(&KEY)).unwrap()
-}
-
-/// A fresh cipher per benchmark, so no key comes anywhere near its 2^32
-/// limit; ledger blocks of 2^20 make (in-memory) refills rare.
-fn field_cipher(backend: AeadBackend) -> FieldCipher {
-    let key = KeyMaterial::fingerprinted(SecretBytes::copy_from(&KEY));
-    FieldCipher::builder(KeySet::single(key))
-        .backend(backend)
-        .block_size(1 << 20)
-        .build()
-        .unwrap()
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap()
-}
-
-fn plaintext(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i % 251) as u8).collect()
-}
 
 fn id(backend: AeadBackend, variant: &str, size: &str) -> BenchmarkId {
     BenchmarkId::new(format!("{}/{variant}", backend.name()), size)
@@ -131,28 +71,12 @@ fn seal(c: &mut Criterion) {
 
             let key = raw_key(backend);
             group.bench_function(id(backend, "raw", size), |b| {
-                b.iter(|| {
-                    let mut buf = Vec::with_capacity(pt.len() + TAG_LEN);
-                    buf.extend_from_slice(black_box(&pt));
-                    let tag = key.seal_in_place(&FIXED_NONCE, &[], &mut buf).unwrap();
-                    buf.extend_from_slice(&tag);
-                    buf
-                });
+                b.iter(|| seal_raw(&key, &pt));
             });
 
             let aad = bound_aad();
             group.bench_function(id(backend, "raw_bound", size), |b| {
-                b.iter(|| {
-                    let nonce = random_nonce();
-                    let mut buf = Vec::with_capacity(NONCE_LEN + pt.len() + TAG_LEN);
-                    buf.extend_from_slice(&nonce);
-                    buf.extend_from_slice(black_box(&pt));
-                    let tag = key
-                        .seal_in_place(&nonce, black_box(&aad), &mut buf[NONCE_LEN..])
-                        .unwrap();
-                    buf.extend_from_slice(&tag);
-                    buf
-                });
+                b.iter(|| seal_bound(&key, &aad, &pt));
             });
 
             let cipher = field_cipher(backend);
@@ -206,29 +130,15 @@ fn open(c: &mut Criterion) {
             group.throughput(Throughput::Bytes(len as u64));
 
             let key = raw_key(backend);
-            let mut ct = pt.clone();
-            let tag = key.seal_in_place(&FIXED_NONCE, &[], &mut ct).unwrap();
+            let (ct, tag) = sealed(&key, &[], &pt);
             group.bench_function(id(backend, "raw", size), |b| {
-                b.iter(|| {
-                    let mut buf = black_box(&ct).to_vec();
-                    key.open_in_place(&FIXED_NONCE, &[], &mut buf, &tag)
-                        .unwrap();
-                    buf
-                });
+                b.iter(|| open_raw(&key, &[], &ct, &tag));
             });
 
             let aad = bound_aad();
-            let mut bound_ct = pt.clone();
-            let bound_tag = key
-                .seal_in_place(&FIXED_NONCE, &aad, &mut bound_ct)
-                .unwrap();
+            let (bound_ct, bound_tag) = sealed(&key, &aad, &pt);
             group.bench_function(id(backend, "raw_bound", size), |b| {
-                b.iter(|| {
-                    let mut buf = black_box(&bound_ct).to_vec();
-                    key.open_in_place(&FIXED_NONCE, black_box(&aad), &mut buf, &bound_tag)
-                        .unwrap();
-                    buf
-                });
+                b.iter(|| open_raw(&key, &aad, &bound_ct, &bound_tag));
             });
 
             let cipher = field_cipher(backend);

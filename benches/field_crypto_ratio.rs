@@ -18,52 +18,20 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use alvryn::core::crypto::{
-    AeadBackend, AeadKey, FieldCipher, FieldContext, KEY_LEN, KeyMaterial, KeySet, NONCE_LEN,
-    TAG_LEN,
-};
-use alvryn::core::secret::SecretBytes;
+use alvryn::core::crypto::AeadBackend;
 
-const KEY: [u8; KEY_LEN] = [0x42; KEY_LEN];
-const FIXED_NONCE: [u8; NONCE_LEN] = [0x24; NONCE_LEN];
+mod common;
+use common::{
+    bound_aad, context, field_cipher, open_raw, plaintext, raw_key, runtime, seal_bound, seal_raw,
+    sealed,
+};
+
 const SIZES: &[(usize, &str)] = &[
     (64, "64 B"),
     (1 << 10, "1 KiB"),
     (16 << 10, "16 KiB"),
     (1 << 20, "1 MiB"),
 ];
-
-fn context() -> FieldContext<'static> {
-    FieldContext::new(
-        "provider_tokens",
-        "65f1c0ffee0123456789abcd",
-        "refresh_token",
-    )
-}
-
-/// As in `field_crypto.rs`: the envelope's associated data for
-/// `context()`, built once.
-fn bound_aad() -> Vec<u8> {
-    let ctx = context();
-    let mut aad = vec![1u8];
-    for part in [ctx.collection, ctx.record_id, ctx.field] {
-        // One-byte LEB128 lengths only (all parts here are shorter).
-        assert!(part.len() < 0x80);
-        aad.push(part.len() as u8);
-        aad.extend_from_slice(part.as_bytes());
-    }
-    aad.resize(aad.len().next_multiple_of(64), 0);
-    aad
-}
-
-fn random_nonce() -> [u8; NONCE_LEN] {
-    use rand::Rng as _;
-    let mut rng = rand::rng();
-    let mut nonce = [0u8; NONCE_LEN];
-    nonce[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
-    nonce[8..].copy_from_slice(&rng.next_u32().to_le_bytes());
-    nonce
-}
 
 /// Times `iters` calls of `f`; nanoseconds per call.
 fn batch(iters: u64, f: &mut dyn FnMut(u64)) -> f64 {
@@ -171,44 +139,24 @@ fn main() {
     } else {
         (1, Duration::from_micros(50), &SIZES[..1])
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let ctx = context();
     let aad = bound_aad();
     let (mut seal_rows, mut open_rows) = (Vec::new(), Vec::new());
     for &backend in AeadBackend::ALL {
-        let key = AeadKey::new(backend, &SecretBytes::copy_from(&KEY)).unwrap();
-        let cipher = FieldCipher::builder(KeySet::single(KeyMaterial::fingerprinted(
-            SecretBytes::copy_from(&KEY),
-        )))
-        .backend(backend)
-        .block_size(1 << 24)
-        .build()
-        .unwrap();
+        let key = raw_key(backend);
+        let cipher = field_cipher(backend);
         for &(len, size) in sizes {
-            let pt: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let pt = plaintext(len);
 
             let mut raw = |n: u64| {
                 for _ in 0..n {
-                    let mut buf = Vec::with_capacity(pt.len() + TAG_LEN);
-                    buf.extend_from_slice(black_box(&pt));
-                    let tag = key.seal_in_place(&FIXED_NONCE, &[], &mut buf).unwrap();
-                    buf.extend_from_slice(&tag);
-                    black_box(buf);
+                    black_box(seal_raw(&key, &pt));
                 }
             };
             let mut bound = |n: u64| {
                 for _ in 0..n {
-                    let nonce = random_nonce();
-                    let mut buf = Vec::with_capacity(NONCE_LEN + pt.len() + TAG_LEN);
-                    buf.extend_from_slice(&nonce);
-                    buf.extend_from_slice(black_box(&pt));
-                    let tag = key
-                        .seal_in_place(&nonce, black_box(&aad), &mut buf[NONCE_LEN..])
-                        .unwrap();
-                    buf.extend_from_slice(&tag);
-                    black_box(buf);
+                    black_box(seal_bound(&key, &aad, &pt));
                 }
             };
             let mut envelope = |n: u64| {
@@ -231,27 +179,17 @@ fn main() {
                 &mut [&mut raw, &mut bound, &mut envelope],
             ));
 
-            let mut ct = pt.clone();
-            let tag = key.seal_in_place(&FIXED_NONCE, &[], &mut ct).unwrap();
-            let mut bound_ct = pt.clone();
-            let bound_tag = key
-                .seal_in_place(&FIXED_NONCE, &aad, &mut bound_ct)
-                .unwrap();
+            let (ct, tag) = sealed(&key, &[], &pt);
+            let (bound_ct, bound_tag) = sealed(&key, &aad, &pt);
             let blob = rt.block_on(cipher.encrypt_bytes(&ctx, &pt)).unwrap();
             let mut raw = |n: u64| {
                 for _ in 0..n {
-                    let mut buf = black_box(&ct).to_vec();
-                    key.open_in_place(&FIXED_NONCE, &[], &mut buf, &tag)
-                        .unwrap();
-                    black_box(buf);
+                    black_box(open_raw(&key, &[], &ct, &tag));
                 }
             };
             let mut bound = |n: u64| {
                 for _ in 0..n {
-                    let mut buf = black_box(&bound_ct).to_vec();
-                    key.open_in_place(&FIXED_NONCE, black_box(&aad), &mut buf, &bound_tag)
-                        .unwrap();
-                    black_box(buf);
+                    black_box(open_raw(&key, &aad, &bound_ct, &bound_tag));
                 }
             };
             let mut envelope = |n: u64| {
