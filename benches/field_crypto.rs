@@ -37,8 +37,8 @@ use criterion::{criterion_group, criterion_main};
 
 mod common;
 use common::{
-    bound_aad, context, field_cipher, open_raw, plaintext, raw_key, runtime, seal_bound, seal_raw,
-    sealed,
+    bound_aad, context, field_cipher, open_raw, plaintext, raw_key, run_async, runtime, seal_bound,
+    seal_raw, sealed,
 };
 
 const SIZES: &[(usize, &str)] = &[
@@ -83,15 +83,8 @@ fn seal(c: &mut Criterion) {
             group.bench_function(id(backend, "envelope", size), |b| {
                 b.iter_custom(|iters| {
                     let start = Instant::now();
-                    rt.block_on(async {
-                        for _ in 0..iters {
-                            black_box(
-                                cipher
-                                    .encrypt_bytes(black_box(&ctx), black_box(&pt))
-                                    .await
-                                    .unwrap(),
-                            );
-                        }
+                    run_async(&rt, iters, || {
+                        cipher.encrypt_bytes(black_box(&ctx), black_box(&pt))
                     });
                     start.elapsed()
                 });
@@ -101,15 +94,8 @@ fn seal(c: &mut Criterion) {
             group.bench_function(id(backend, "envelope_text", size), |b| {
                 b.iter_custom(|iters| {
                     let start = Instant::now();
-                    rt.block_on(async {
-                        for _ in 0..iters {
-                            black_box(
-                                cipher
-                                    .encrypt(black_box(&ctx), black_box(&pt))
-                                    .await
-                                    .unwrap(),
-                            );
-                        }
+                    run_async(&rt, iters, || {
+                        cipher.encrypt(black_box(&ctx), black_box(&pt))
                     });
                     start.elapsed()
                 });

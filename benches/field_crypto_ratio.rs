@@ -22,8 +22,8 @@ use alvryn::core::crypto::AeadBackend;
 
 mod common;
 use common::{
-    bound_aad, context, field_cipher, open_raw, plaintext, raw_key, runtime, seal_bound, seal_raw,
-    sealed,
+    bound_aad, context, field_cipher, open_raw, plaintext, raw_key, run_async, runtime, seal_bound,
+    seal_raw, sealed,
 };
 
 const SIZES: &[(usize, &str)] = &[
@@ -160,15 +160,8 @@ fn main() {
                 }
             };
             let mut envelope = |n: u64| {
-                rt.block_on(async {
-                    for _ in 0..n {
-                        black_box(
-                            cipher
-                                .encrypt_bytes(black_box(&ctx), black_box(&pt))
-                                .await
-                                .unwrap(),
-                        );
-                    }
+                run_async(&rt, n, || {
+                    cipher.encrypt_bytes(black_box(&ctx), black_box(&pt))
                 });
             };
             seal_rows.push(measure(

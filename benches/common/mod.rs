@@ -113,3 +113,18 @@ pub fn open_raw(key: &AeadKey, aad: &[u8], ct: &[u8], tag: &[u8; TAG_LEN]) -> Ve
         .unwrap();
     buf
 }
+
+/// Drives `n` calls of the async `f` on `rt` (entered once), keeping
+/// each result alive until the next call; panics on an error.
+pub fn run_async<F, Fut, T, E>(rt: &tokio::runtime::Runtime, n: u64, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Debug,
+{
+    rt.block_on(async {
+        for _ in 0..n {
+            black_box(f().await.unwrap());
+        }
+    });
+}
