@@ -33,8 +33,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::billing::PlanName;
 use crate::secret::SecretString;
 use crate::store::{
-    AuditEvent, RefreshFamily, RefreshSlot, RevokeReason, Rotation, StoreError, TokenHash,
-    TokenStore, User,
+    AuditEvent, RefreshFamily, RefreshSlot, Revocation, RevokeReason, Rotation, StoreError,
+    TokenHash, TokenStore, User,
 };
 use crate::token::{Claims, JwtKeys, TokenError, TokenKind};
 pub use password::{HashParams, PasswordError, PasswordHasher, Verdict};
@@ -109,10 +109,7 @@ impl From<PasswordError> for AuthError {
 
 impl From<StoreError> for AuthError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::EmailTaken => AuthError::EmailTaken,
-            other => AuthError::Store(other),
-        }
+        AuthError::Store(e)
     }
 }
 
@@ -315,7 +312,12 @@ impl Auth {
             plan: PlanName::free(),
             created_at_ms: self.clock.now_ms(),
         };
-        self.store.create_user(&user).await?;
+        match self.store.create_user(&user).await {
+            Ok(()) => {}
+            // Ids are random: a conflict is the email, taken by a racer.
+            Err(StoreError::Conflict) => return Err(AuthError::EmailTaken),
+            Err(e) => return Err(e.into()),
+        }
         self.start_session(user, user_agent).await
     }
 
@@ -443,7 +445,12 @@ impl Auth {
             return Err(AuthError::InvalidToken);
         }
         self.store
-            .revoke_family(&family.id, RevokeReason::Reuse, now_ms)
+            .revoke(&Revocation {
+                user_id: family.user_id.clone(),
+                family_id: Some(family.id.clone()),
+                reason: RevokeReason::Reuse,
+                at_ms: now_ms,
+            })
             .await?;
         let event = AuditEvent {
             at_ms: now_ms,
@@ -472,7 +479,12 @@ impl Auth {
         match self.store.family(&claims.sid).await? {
             Some(f) if f.user_id == claims.sub => {
                 self.store
-                    .revoke_family(&f.id, RevokeReason::Logout, now_ms)
+                    .revoke(&Revocation {
+                        user_id: f.user_id,
+                        family_id: Some(f.id),
+                        reason: RevokeReason::Logout,
+                        at_ms: now_ms,
+                    })
                     .await?;
                 Ok(())
             }
@@ -488,7 +500,12 @@ impl Auth {
         let (now_ms, _) = self.now();
         Ok(self
             .store
-            .revoke_user_families(&principal.user.id, RevokeReason::LogoutAll, now_ms)
+            .revoke(&Revocation {
+                user_id: principal.user.id.clone(),
+                family_id: None,
+                reason: RevokeReason::LogoutAll,
+                at_ms: now_ms,
+            })
             .await?)
     }
 
@@ -547,8 +564,14 @@ impl Auth {
         match self.store.family(session_id).await? {
             Some(f) if f.user_id == principal.user.id && f.is_active(now_ms) => Ok(self
                 .store
-                .revoke_family(session_id, RevokeReason::Revoked, now_ms)
-                .await?),
+                .revoke(&Revocation {
+                    user_id: f.user_id,
+                    family_id: Some(f.id),
+                    reason: RevokeReason::Revoked,
+                    at_ms: now_ms,
+                })
+                .await?
+                == 1),
             _ => Ok(false),
         }
     }

@@ -1,29 +1,62 @@
-//! Where users, sessions (refresh-token families) and audit events live.
+//! Where everything durable lives: users, sessions (refresh-token
+//! families), audit events, the field cipher's usage ledger, and the
+//! generic primitives every later capability builds on.
 //!
-//! [`TokenStore`] is the one storage trait of the auth core. Three
-//! implementations ship: [`MemoryStore`] (tests, examples), the embedded
-//! [`SqliteStore`](sqlite::SqliteStore) (the default: one SQLite file in
-//! WAL mode, shared safely by the server and the worker) and
-//! [`MongoStore`](mongo::MongoStore) (when `MONGO_URI` is set). All three
-//! pass one contract suite (`alvryn-core/tests/store_contract.rs`) and all
-//! three also implement [`UsageLedger`](crate::crypto::UsageLedger), so
-//! the field cipher's per-key bound holds across processes and machines.
+//! # Small traits, one value
+//!
+//! Storage is split by area into small traits, each with its failure
+//! modes written on its methods:
+//!
+//! | trait | what |
+//! |---|---|
+//! | [`UserStore`] | accounts |
+//! | [`SessionStore`] | refresh-token families and their compare-and-swap rotation |
+//! | [`AuditLog`] | security events per user |
+//! | [`UsageLedger`](crate::crypto::UsageLedger) | encryptions per key, across processes |
+//! | [`OneTimeStore`] | one-time items with a time to live, taken at most once (OAuth `state`, exchange codes) |
+//! | [`RecordStore`] | insert-if-absent by key, with a status that only moves forward (webhook event ids, provider links) |
+//! | [`VersionedStore`] | compare-and-swap upsert that only moves to a newer version (subscription state) |
+//! | [`LeaseStore`] | leases with expiry and a fencing counter (worker jobs) |
+//! | [`WindowCounters`] | counters in fixed windows (rate limits shared by every instance) |
+//! | [`Purge`] | deletes what has expired; the worker calls it |
+//!
+//! One store value implements all of them per backend, and
+//! [`StoreBackend`] names that whole set: [`MemoryStore`] (tests,
+//! examples), the embedded [`SqliteStore`](sqlite::SqliteStore) (feature
+//! `sqlite`: one file, one writer thread that commits concurrent writes
+//! together, a pool of readers) and [`MongoStore`](mongo::MongoStore)
+//! (feature `mongodb`: majority writes with journal, primary reads). All
+//! three pass one contract suite (`alvryn-core/tests/store_contract.rs`).
+//! Each trait also has a [`tower::Service`] view, one request type per
+//! operation (see [`service`]).
+//!
+//! # Failure modes every implementation shares
+//!
+//! * A key that is taken (an email, an id, an inserted record, a live
+//!   one-time item): [`StoreError::Conflict`], for all but exactly one of
+//!   concurrent writers.
+//! * A record to update or to attach to does not exist:
+//!   [`StoreError::NotFound`].
+//! * A stored record cannot be read back (a field of the wrong type,
+//!   damage, schema drift): [`StoreError::Corrupt`]. Decoding fails
+//!   closed: a `revoked_at` that is not a time is an error, never "not
+//!   revoked".
+//! * The backend is unreachable or fails: [`StoreError::Unavailable`],
+//!   with nothing written. A write that returned `Ok` is durable.
+//! * Expiry is checked in every query against the caller's clock
+//!   (`now_ms`); nothing relies on a TTL monitor for correctness.
+//!   [`Purge::purge_expired`] only reclaims space.
 //!
 //! Refresh tokens are never stored: only their SHA-256 ([`TokenHash`]).
-//!
-//! Failure modes every implementation shares:
-//! * a unique email taken by a concurrent sign-up: [`StoreError::EmailTaken`],
-//!   for all but exactly one of the racers;
-//! * rotation is a compare-and-swap on the family's current token hash:
-//!   of concurrent rotations presenting the same token exactly one wins,
-//!   the others see `Ok(None)` and no partial update;
-//! * the backend is unreachable or fails: [`StoreError::Unavailable`],
-//!   with nothing written.
+
+#[cfg(feature = "mongodb")]
+pub mod mongo;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 pub mod memory;
-pub mod mongo;
+mod primitives;
 pub mod service;
-pub mod sqlite;
 
 use std::fmt;
 
@@ -34,7 +67,11 @@ use sha2::{Digest, Sha256};
 use crate::billing::PlanName;
 
 pub use memory::MemoryStore;
-pub use service::{ServiceTokenStore, StoreRequest, StoreResponse, TokenStoreService};
+pub use primitives::{
+    Advance, CasOutcome, Lease, LeaseStore, NewLease, OneTimeItem, OneTimeStore, Purge, Purged,
+    Record, RecordFilter, RecordStore, Versioned, VersionedStore, WindowCount, WindowCounters,
+};
+pub use service::{ServiceStore, StoreService};
 
 /// SHA-256 of a refresh token: what the store keeps instead of the token.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -223,14 +260,15 @@ pub struct AuditEvent {
     pub family_id: Option<String>,
 }
 
-/// Errors of a [`TokenStore`].
+/// Errors of every store trait.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// Another account has this email.
-    #[error("the email is already registered")]
-    EmailTaken,
-    /// The record to update does not exist.
+    /// The key is taken: an email or id that exists, a record inserted
+    /// before, a one-time item still live, a lease held by another.
+    #[error("the key is already taken")]
+    Conflict,
+    /// The record to update, or to attach to, does not exist.
     #[error("no such record")]
     NotFound,
     /// A stored record could not be read back (schema drift, damage).
@@ -242,28 +280,23 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    #[cfg_attr(not(any(feature = "sqlite", feature = "mongodb")), allow(dead_code))]
     pub(crate) fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         StoreError::Unavailable(Box::new(e))
     }
 }
 
-/// A complete storage backend: accounts and sessions plus the field
-/// cipher's usage ledger. `Arc<dyn StoreBackend>` upcasts to both
-/// `Arc<dyn TokenStore>` and `Arc<dyn UsageLedger>`.
-pub trait StoreBackend: TokenStore + crate::crypto::UsageLedger {}
-impl<T: TokenStore + crate::crypto::UsageLedger> StoreBackend for T {}
-
-/// Users, sessions and audit events.
+/// Accounts.
 ///
 /// Every method either does all it says or nothing, and reports
 /// [`StoreError::Unavailable`] when the backend fails.
 #[async_trait]
-pub trait TokenStore: Send + Sync + 'static {
+pub trait UserStore: Send + Sync + 'static {
     /// Inserts a user.
     ///
     /// # Errors
-    /// [`StoreError::EmailTaken`] when the email exists (also under a
-    /// concurrent insert of the same email: exactly one insert wins).
+    /// [`StoreError::Conflict`] when the email or the id exists (also
+    /// under concurrent inserts: exactly one wins).
     async fn create_user(&self, user: &User) -> Result<(), StoreError>;
 
     /// The user with `id`.
@@ -283,11 +316,22 @@ pub trait TokenStore: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::NotFound`] for an unknown user.
     async fn set_password_hash(&self, user_id: &str, phc: &str) -> Result<(), StoreError>;
+}
 
+/// Sessions: refresh-token families.
+///
+/// A family is returned by [`family`](SessionStore::family) until it is
+/// purged, expired or revoked; only [`active_families`] and rotation look
+/// at expiry and revocation.
+///
+/// [`active_families`]: SessionStore::active_families
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
     /// Inserts a new family (at login or sign-up).
     ///
     /// # Errors
-    /// [`StoreError::Unavailable`].
+    /// [`StoreError::Conflict`] when the id exists;
+    /// [`StoreError::NotFound`] when its user does not exist.
     async fn create_family(&self, family: &RefreshFamily) -> Result<(), StoreError>;
 
     /// The family with `id`, active or not.
@@ -298,34 +342,21 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Atomically applies `rotation`. Returns the family after the update,
     /// or `None` when the compare-and-swap failed (the presented token is
-    /// not current, or the family is revoked or expired, or unknown).
+    /// not current, or the family is revoked or expired, or unknown). A
+    /// rotation that returned is durable.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`].
     async fn rotate_family(&self, rotation: &Rotation)
     -> Result<Option<RefreshFamily>, StoreError>;
 
-    /// Revokes one family; `false` if it was unknown or already revoked.
+    /// Revokes one family (`Some(id)`) or every unrevoked family of the
+    /// user (`None`); returns how many were revoked (0 for an unknown or
+    /// already revoked family).
     ///
     /// # Errors
     /// [`StoreError::Unavailable`].
-    async fn revoke_family(
-        &self,
-        id: &str,
-        reason: RevokeReason,
-        at_ms: i64,
-    ) -> Result<bool, StoreError>;
-
-    /// Revokes every unrevoked family of a user; returns how many.
-    ///
-    /// # Errors
-    /// [`StoreError::Unavailable`].
-    async fn revoke_user_families(
-        &self,
-        user_id: &str,
-        reason: RevokeReason,
-        at_ms: i64,
-    ) -> Result<u64, StoreError>;
+    async fn revoke(&self, revocation: &Revocation) -> Result<u64, StoreError>;
 
     /// The user's families that are active at `now_ms`, newest first.
     ///
@@ -336,7 +367,24 @@ pub trait TokenStore: Send + Sync + 'static {
         user_id: &str,
         now_ms: i64,
     ) -> Result<Vec<RefreshFamily>, StoreError>;
+}
 
+/// What to revoke: one family of a user, or all of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    /// Whose sessions.
+    pub user_id: String,
+    /// One family, or `None` for every unrevoked family of the user.
+    pub family_id: Option<String>,
+    /// Why.
+    pub reason: RevokeReason,
+    /// When, Unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// Security-relevant events per user.
+#[async_trait]
+pub trait AuditLog: Send + Sync + 'static {
     /// Appends an audit event.
     ///
     /// # Errors
@@ -348,4 +396,34 @@ pub trait TokenStore: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Unavailable`], [`StoreError::Corrupt`].
     async fn audit_events(&self, user_id: &str) -> Result<Vec<AuditEvent>, StoreError>;
+}
+
+/// What the accounts core needs: users, sessions and audit events.
+/// `Arc<dyn StoreBackend>` upcasts to `Arc<dyn TokenStore>`.
+pub trait TokenStore: UserStore + SessionStore + AuditLog {}
+impl<T: UserStore + SessionStore + AuditLog> TokenStore for T {}
+
+/// A complete storage backend: every store trait and the field cipher's
+/// usage ledger. `Arc<dyn StoreBackend>` upcasts to each of them.
+pub trait StoreBackend:
+    TokenStore
+    + crate::crypto::UsageLedger
+    + OneTimeStore
+    + RecordStore
+    + VersionedStore
+    + LeaseStore
+    + WindowCounters
+    + Purge
+{
+}
+impl<T> StoreBackend for T where
+    T: TokenStore
+        + crate::crypto::UsageLedger
+        + OneTimeStore
+        + RecordStore
+        + VersionedStore
+        + LeaseStore
+        + WindowCounters
+        + Purge
+{
 }

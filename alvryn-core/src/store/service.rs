@@ -1,17 +1,22 @@
-//! The [`tower::Service`] view of a [`TokenStore`], and the adapter back.
+//! The [`tower::Service`] view of the store traits, one request type per
+//! operation, and the adapter back.
 //!
-//! Wrap a store in [`TokenStoreService`], add layers (timeouts,
-//! concurrency limits, metrics), and hand the stack to anything that
-//! wants a store through [`ServiceTokenStore`]:
+//! [`StoreService`] implements `Service<Op>` for every operation struct
+//! below whose trait its store implements ([`CreateUser`],
+//! [`RotateFamily`], [`TakeOnce`], ...), each with its own `Response`:
+//! the type system matches requests to answers, so there is no runtime
+//! mismatch. Add layers (timeouts, concurrency limits, metrics) and hand
+//! the stack to anything that wants a store through [`ServiceStore`],
+//! which implements each trait whose operations the stack serves:
 //!
 //! ```
 //! # use std::time::Duration;
-//! use alvryn_core::store::{MemoryStore, ServiceTokenStore, TokenStore, TokenStoreService};
+//! use alvryn_core::store::{MemoryStore, ServiceStore, StoreService, TokenStore};
 //! let svc = tower::ServiceBuilder::new()
 //!     .concurrency_limit(64)
 //!     .timeout(Duration::from_secs(2))
-//!     .service(TokenStoreService::new(MemoryStore::new()));
-//! let store: ServiceTokenStore<_> = ServiceTokenStore::new(svc);
+//!     .service(StoreService::new(MemoryStore::new()));
+//! let store = ServiceStore::new(svc);
 //! # fn takes(_: impl TokenStore) {}
 //! # takes(store);
 //! ```
@@ -27,64 +32,47 @@ use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 
-use super::{AuditEvent, RefreshFamily, RevokeReason, Rotation, StoreError, TokenStore, User};
+use super::{
+    Advance, AuditEvent, AuditLog, CasOutcome, Lease, LeaseStore, NewLease, OneTimeItem,
+    OneTimeStore, Purge, Purged, Record, RecordFilter, RecordStore, RefreshFamily, Revocation,
+    Rotation, SessionStore, StoreError, User, UserStore, Versioned, VersionedStore, WindowCount,
+    WindowCounters,
+};
+use crate::secret::SecretBytes;
+use crate::service::BoxError;
 
-/// One [`TokenStore`] call.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub enum StoreRequest {
-    /// [`TokenStore::create_user`].
-    CreateUser(User),
-    /// [`TokenStore::user_by_id`].
-    UserById(String),
-    /// [`TokenStore::user_by_email`].
-    UserByEmail(String),
-    /// [`TokenStore::set_password_hash`] (user id, PHC string).
-    SetPasswordHash(String, String),
-    /// [`TokenStore::create_family`].
-    CreateFamily(RefreshFamily),
-    /// [`TokenStore::family`].
-    Family(String),
-    /// [`TokenStore::rotate_family`].
-    RotateFamily(Rotation),
-    /// [`TokenStore::revoke_family`].
-    RevokeFamily(String, RevokeReason, i64),
-    /// [`TokenStore::revoke_user_families`].
-    RevokeUserFamilies(String, RevokeReason, i64),
-    /// [`TokenStore::active_families`].
-    ActiveFamilies(String, i64),
-    /// [`TokenStore::record_audit`].
-    RecordAudit(AuditEvent),
-    /// [`TokenStore::audit_events`].
-    AuditEvents(String),
+/// A store operation: a request type with its answer.
+pub trait Operation: Send + 'static {
+    /// What the operation returns.
+    type Response: Send + 'static;
 }
 
-/// The answer to a [`StoreRequest`], variant for variant.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub enum StoreResponse {
-    /// Done, nothing to return.
-    Done,
-    /// A user or none.
-    User(Option<User>),
-    /// A family or none.
-    Family(Option<RefreshFamily>),
-    /// Whether something changed.
-    Changed(bool),
-    /// How many records changed.
-    Count(u64),
-    /// Families.
-    Families(Vec<RefreshFamily>),
-    /// Audit events.
-    AuditEvents(Vec<AuditEvent>),
+/// A (layered) service that answers the operation `R`; what
+/// [`ServiceStore`] needs of its stack for each operation.
+pub trait Handles<R: Operation>:
+    tower::Service<R, Response = R::Response, Error: Into<BoxError>, Future: Send>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
 }
 
-/// A [`TokenStore`] as a `tower::Service<StoreRequest>`.
-pub struct TokenStoreService<S> {
+impl<T, R> Handles<R> for T
+where
+    R: Operation,
+    T: tower::Service<R, Response = R::Response> + Clone + Send + Sync + 'static,
+    T::Error: Into<BoxError>,
+    T::Future: Send,
+{
+}
+
+/// The store traits as `tower::Service<Op>` for each operation.
+pub struct StoreService<S: ?Sized> {
     store: Arc<S>,
 }
 
-impl<S> TokenStoreService<S> {
+impl<S> StoreService<S> {
     /// Wraps `store`.
     pub fn new(store: S) -> Self {
         Self {
@@ -93,7 +81,14 @@ impl<S> TokenStoreService<S> {
     }
 }
 
-impl<S> Clone for TokenStoreService<S> {
+impl<S: ?Sized> StoreService<S> {
+    /// Wraps a shared store (e.g. an `Arc<dyn StoreBackend>`).
+    pub fn from_arc(store: Arc<S>) -> Self {
+        Self { store }
+    }
+}
+
+impl<S: ?Sized> Clone for StoreService<S> {
     fn clone(&self) -> Self {
         Self {
             store: Arc::clone(&self.store),
@@ -101,78 +96,192 @@ impl<S> Clone for TokenStoreService<S> {
     }
 }
 
-impl<S> std::fmt::Debug for TokenStoreService<S> {
+impl<S: ?Sized> std::fmt::Debug for StoreService<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenStoreService").finish_non_exhaustive()
+        f.debug_struct("StoreService").finish_non_exhaustive()
     }
 }
 
-impl<S: TokenStore> tower::Service<StoreRequest> for TokenStoreService<S> {
-    type Response = StoreResponse;
-    type Error = StoreError;
-    type Future = Pin<Box<dyn Future<Output = Result<StoreResponse, StoreError>> + Send>>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), StoreError>> {
-        Poll::Ready(Ok(()))
-    }
+macro_rules! operations {
+    ($(
+        $(#[$doc:meta])*
+        $trait:ident => $Op:ident { $( $(#[$fdoc:meta])* $field:ident : $fty:ty ),* $(,)? } -> $Resp:ty
+            = |$s:ident, $r:ident| $call:expr;
+    )*) => {$(
+        $(#[$doc])*
+        #[derive(Clone, Debug)]
+        #[non_exhaustive]
+        pub struct $Op { $( $(#[$fdoc])* pub $field: $fty ),* }
 
-    fn call(&mut self, req: StoreRequest) -> Self::Future {
-        let s = Arc::clone(&self.store);
-        Box::pin(async move {
-            use StoreRequest as Q;
-            use StoreResponse as A;
-            Ok(match req {
-                Q::CreateUser(u) => s.create_user(&u).await.map(|()| A::Done)?,
-                Q::UserById(id) => A::User(s.user_by_id(&id).await?),
-                Q::UserByEmail(e) => A::User(s.user_by_email(&e).await?),
-                Q::SetPasswordHash(id, phc) => {
-                    s.set_password_hash(&id, &phc).await.map(|()| A::Done)?
-                }
-                Q::CreateFamily(f) => s.create_family(&f).await.map(|()| A::Done)?,
-                Q::Family(id) => A::Family(s.family(&id).await?),
-                Q::RotateFamily(r) => A::Family(s.rotate_family(&r).await?),
-                Q::RevokeFamily(id, why, at) => A::Changed(s.revoke_family(&id, why, at).await?),
-                Q::RevokeUserFamilies(id, why, at) => {
-                    A::Count(s.revoke_user_families(&id, why, at).await?)
-                }
-                Q::ActiveFamilies(id, now) => A::Families(s.active_families(&id, now).await?),
-                Q::RecordAudit(e) => s.record_audit(&e).await.map(|()| A::Done)?,
-                Q::AuditEvents(id) => A::AuditEvents(s.audit_events(&id).await?),
-            })
-        })
-    }
+        impl $Op {
+            /// The request.
+            #[must_use]
+            #[allow(clippy::too_many_arguments)]
+            pub fn new($($field: $fty),*) -> Self {
+                Self { $($field),* }
+            }
+        }
+
+        impl Operation for $Op {
+            type Response = $Resp;
+        }
+
+        impl<S: $trait + ?Sized> tower::Service<$Op> for StoreService<S> {
+            type Response = $Resp;
+            type Error = StoreError;
+            type Future = BoxFuture<$Resp>;
+
+            fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), StoreError>> {
+                Poll::Ready(Ok(()))
+            }
+
+            fn call(&mut self, $r: $Op) -> Self::Future {
+                let $s = Arc::clone(&self.store);
+                Box::pin(async move { $call.await })
+            }
+        }
+    )*};
 }
 
-/// A `tower::Service<StoreRequest>` used as a [`TokenStore`].
+operations! {
+    /// [`UserStore::create_user`].
+    UserStore => CreateUser { /** The user. */ user: User } -> ()
+        = |s, r| s.create_user(&r.user);
+    /// [`UserStore::user_by_id`].
+    UserStore => UserById { /** The id. */ id: String } -> Option<User>
+        = |s, r| s.user_by_id(&r.id);
+    /// [`UserStore::user_by_email`].
+    UserStore => UserByEmail { /** The normalized email. */ email: String } -> Option<User>
+        = |s, r| s.user_by_email(&r.email);
+    /// [`UserStore::set_password_hash`].
+    UserStore => SetPasswordHash {
+        /** The user. */ user_id: String,
+        /** The PHC string. */ phc: String,
+    } -> () = |s, r| s.set_password_hash(&r.user_id, &r.phc);
+
+    /// [`SessionStore::create_family`].
+    SessionStore => CreateFamily { /** The family. */ family: RefreshFamily } -> ()
+        = |s, r| s.create_family(&r.family);
+    /// [`SessionStore::family`].
+    SessionStore => GetFamily { /** The family id. */ id: String } -> Option<RefreshFamily>
+        = |s, r| s.family(&r.id);
+    /// [`SessionStore::rotate_family`].
+    SessionStore => RotateFamily { /** The rotation. */ rotation: Rotation } -> Option<RefreshFamily>
+        = |s, r| s.rotate_family(&r.rotation);
+    /// [`SessionStore::revoke`].
+    SessionStore => Revoke { /** What to revoke. */ revocation: Revocation } -> u64
+        = |s, r| s.revoke(&r.revocation);
+    /// [`SessionStore::active_families`].
+    SessionStore => ActiveFamilies {
+        /** The user. */ user_id: String,
+        /** Now, Unix milliseconds. */ now_ms: i64,
+    } -> Vec<RefreshFamily> = |s, r| s.active_families(&r.user_id, r.now_ms);
+
+    /// [`AuditLog::record_audit`].
+    AuditLog => RecordAudit { /** The event. */ event: AuditEvent } -> ()
+        = |s, r| s.record_audit(&r.event);
+    /// [`AuditLog::audit_events`].
+    AuditLog => AuditEvents { /** The user. */ user_id: String } -> Vec<AuditEvent>
+        = |s, r| s.audit_events(&r.user_id);
+
+    /// [`OneTimeStore::put_once`].
+    OneTimeStore => PutOnce {
+        /** The item. */ item: OneTimeItem,
+        /** Now, Unix milliseconds. */ now_ms: i64,
+    } -> () = |s, r| s.put_once(&r.item, r.now_ms);
+    /// [`OneTimeStore::take_once`].
+    OneTimeStore => TakeOnce {
+        /** Namespace. */ ns: String,
+        /** Key. */ key: String,
+        /** Now, Unix milliseconds. */ now_ms: i64,
+    } -> Option<SecretBytes> = |s, r| s.take_once(&r.ns, &r.key, r.now_ms);
+
+    /// [`RecordStore::insert_if_absent`].
+    RecordStore => InsertIfAbsent { /** The record. */ record: Record } -> ()
+        = |s, r| s.insert_if_absent(&r.record);
+    /// [`RecordStore::record`].
+    RecordStore => GetRecord {
+        /** Namespace. */ ns: String,
+        /** Key. */ key: String,
+        /** Now, Unix milliseconds. */ now_ms: i64,
+    } -> Option<Record> = |s, r| s.record(&r.ns, &r.key, r.now_ms);
+    /// [`RecordStore::advance`].
+    RecordStore => AdvanceRecord { /** The move. */ advance: Advance } -> bool
+        = |s, r| s.advance(&r.advance);
+    /// [`RecordStore::records`].
+    RecordStore => ListRecords {
+        /** Namespace. */ ns: String,
+        /** Which. */ filter: RecordFilter,
+        /** Now, Unix milliseconds. */ now_ms: i64,
+    } -> Vec<Record> = |s, r| s.records(&r.ns, &r.filter, r.now_ms);
+    /// [`RecordStore::remove_record`].
+    RecordStore => RemoveRecord {
+        /** Namespace. */ ns: String,
+        /** Key. */ key: String,
+    } -> bool = |s, r| s.remove_record(&r.ns, &r.key);
+
+    /// [`VersionedStore::upsert_versioned`].
+    VersionedStore => UpsertVersioned { /** The value. */ value: Versioned } -> CasOutcome
+        = |s, r| s.upsert_versioned(&r.value);
+    /// [`VersionedStore::versioned`].
+    VersionedStore => GetVersioned {
+        /** Namespace. */ ns: String,
+        /** Key. */ key: String,
+    } -> Option<Versioned> = |s, r| s.versioned(&r.ns, &r.key);
+
+    /// [`LeaseStore::acquire`].
+    LeaseStore => AcquireLease { /** The request. */ request: NewLease } -> Option<Lease>
+        = |s, r| s.acquire(&r.request);
+    /// [`LeaseStore::renew`].
+    LeaseStore => RenewLease {
+        /** The held lease. */ lease: Lease,
+        /** New time to live, milliseconds. */ ttl_ms: i64,
+        /** Now, Unix milliseconds. */ now_ms: i64,
+    } -> Lease = |s, r| s.renew(&r.lease, r.ttl_ms, r.now_ms);
+    /// [`LeaseStore::release`].
+    LeaseStore => ReleaseLease { /** The held lease. */ lease: Lease } -> bool
+        = |s, r| s.release(&r.lease);
+    /// [`LeaseStore::lease`].
+    LeaseStore => GetLease { /** The job's name. */ name: String } -> Option<Lease>
+        = |s, r| s.lease(&r.name);
+
+    /// [`WindowCounters::hit`].
+    WindowCounters => Hit {
+        /** The counter. */ key: String,
+        /** Window length, milliseconds. */ window_ms: i64,
+        /** Now, Unix milliseconds. */ now_ms: i64,
+    } -> WindowCount = |s, r| s.hit(&r.key, r.window_ms, r.now_ms);
+
+    /// [`Purge::purge_expired`].
+    Purge => PurgeExpired { /** Now, Unix milliseconds. */ now_ms: i64 } -> Purged
+        = |s, r| s.purge_expired(r.now_ms);
+}
+
+/// A (layered) [`StoreService`] used as the store traits: it implements
+/// each trait whose operations the stack answers.
 #[derive(Clone)]
-pub struct ServiceTokenStore<T> {
+pub struct ServiceStore<T> {
     service: T,
 }
 
-impl<T> std::fmt::Debug for ServiceTokenStore<T> {
+impl<T> std::fmt::Debug for ServiceStore<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceTokenStore").finish_non_exhaustive()
+        f.debug_struct("ServiceStore").finish_non_exhaustive()
     }
 }
 
-impl<T> ServiceTokenStore<T> {
+impl<T> ServiceStore<T> {
     /// Wraps `service`.
     pub fn new(service: T) -> Self {
         Self { service }
     }
-}
 
-fn mismatch() -> StoreError {
-    StoreError::Corrupt("the store service answered a different request".into())
-}
-
-impl<T> ServiceTokenStore<T>
-where
-    T: tower::Service<StoreRequest, Response = StoreResponse> + Clone + Send + Sync + 'static,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    T::Future: Send,
-{
-    async fn call(&self, req: StoreRequest) -> Result<StoreResponse, StoreError> {
+    async fn op<R: Operation>(&self, req: R) -> Result<R::Response, StoreError>
+    where
+        T: Handles<R>,
+    {
         use tower::ServiceExt as _;
         self.service
             .clone()
@@ -183,130 +292,184 @@ where
 }
 
 #[async_trait]
-impl<T> TokenStore for ServiceTokenStore<T>
+impl<T> UserStore for ServiceStore<T>
 where
-    T: tower::Service<StoreRequest, Response = StoreResponse> + Clone + Send + Sync + 'static,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    T::Future: Send,
+    T: Handles<CreateUser> + Handles<UserById> + Handles<UserByEmail> + Handles<SetPasswordHash>,
 {
     async fn create_user(&self, user: &User) -> Result<(), StoreError> {
-        match self.call(StoreRequest::CreateUser(user.clone())).await? {
-            StoreResponse::Done => Ok(()),
-            _ => Err(mismatch()),
-        }
+        self.op(CreateUser::new(user.clone())).await
     }
     async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
-        match self.call(StoreRequest::UserById(id.to_owned())).await? {
-            StoreResponse::User(u) => Ok(u),
-            _ => Err(mismatch()),
-        }
+        self.op(UserById::new(id.to_owned())).await
     }
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-        match self
-            .call(StoreRequest::UserByEmail(email.to_owned()))
-            .await?
-        {
-            StoreResponse::User(u) => Ok(u),
-            _ => Err(mismatch()),
-        }
+        self.op(UserByEmail::new(email.to_owned())).await
     }
     async fn set_password_hash(&self, user_id: &str, phc: &str) -> Result<(), StoreError> {
-        match self
-            .call(StoreRequest::SetPasswordHash(
-                user_id.to_owned(),
-                phc.to_owned(),
-            ))
-            .await?
-        {
-            StoreResponse::Done => Ok(()),
-            _ => Err(mismatch()),
-        }
+        self.op(SetPasswordHash::new(user_id.to_owned(), phc.to_owned()))
+            .await
     }
+}
+
+#[async_trait]
+impl<T> SessionStore for ServiceStore<T>
+where
+    T: Handles<CreateFamily>
+        + Handles<GetFamily>
+        + Handles<RotateFamily>
+        + Handles<Revoke>
+        + Handles<ActiveFamilies>,
+{
     async fn create_family(&self, family: &RefreshFamily) -> Result<(), StoreError> {
-        match self
-            .call(StoreRequest::CreateFamily(family.clone()))
-            .await?
-        {
-            StoreResponse::Done => Ok(()),
-            _ => Err(mismatch()),
-        }
+        self.op(CreateFamily::new(family.clone())).await
     }
     async fn family(&self, id: &str) -> Result<Option<RefreshFamily>, StoreError> {
-        match self.call(StoreRequest::Family(id.to_owned())).await? {
-            StoreResponse::Family(f) => Ok(f),
-            _ => Err(mismatch()),
-        }
+        self.op(GetFamily::new(id.to_owned())).await
     }
     async fn rotate_family(
         &self,
         rotation: &Rotation,
     ) -> Result<Option<RefreshFamily>, StoreError> {
-        match self
-            .call(StoreRequest::RotateFamily(rotation.clone()))
-            .await?
-        {
-            StoreResponse::Family(f) => Ok(f),
-            _ => Err(mismatch()),
-        }
+        self.op(RotateFamily::new(rotation.clone())).await
     }
-    async fn revoke_family(
-        &self,
-        id: &str,
-        reason: RevokeReason,
-        at_ms: i64,
-    ) -> Result<bool, StoreError> {
-        match self
-            .call(StoreRequest::RevokeFamily(id.to_owned(), reason, at_ms))
-            .await?
-        {
-            StoreResponse::Changed(b) => Ok(b),
-            _ => Err(mismatch()),
-        }
-    }
-    async fn revoke_user_families(
-        &self,
-        user_id: &str,
-        reason: RevokeReason,
-        at_ms: i64,
-    ) -> Result<u64, StoreError> {
-        match self
-            .call(StoreRequest::RevokeUserFamilies(
-                user_id.to_owned(),
-                reason,
-                at_ms,
-            ))
-            .await?
-        {
-            StoreResponse::Count(n) => Ok(n),
-            _ => Err(mismatch()),
-        }
+    async fn revoke(&self, revocation: &Revocation) -> Result<u64, StoreError> {
+        self.op(Revoke::new(revocation.clone())).await
     }
     async fn active_families(
         &self,
         user_id: &str,
         now_ms: i64,
     ) -> Result<Vec<RefreshFamily>, StoreError> {
-        match self
-            .call(StoreRequest::ActiveFamilies(user_id.to_owned(), now_ms))
-            .await?
-        {
-            StoreResponse::Families(v) => Ok(v),
-            _ => Err(mismatch()),
-        }
+        self.op(ActiveFamilies::new(user_id.to_owned(), now_ms))
+            .await
     }
+}
+
+#[async_trait]
+impl<T> AuditLog for ServiceStore<T>
+where
+    T: Handles<RecordAudit> + Handles<AuditEvents>,
+{
     async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
-        match self.call(StoreRequest::RecordAudit(event.clone())).await? {
-            StoreResponse::Done => Ok(()),
-            _ => Err(mismatch()),
-        }
+        self.op(RecordAudit::new(event.clone())).await
     }
     async fn audit_events(&self, user_id: &str) -> Result<Vec<AuditEvent>, StoreError> {
-        match self
-            .call(StoreRequest::AuditEvents(user_id.to_owned()))
-            .await?
-        {
-            StoreResponse::AuditEvents(v) => Ok(v),
-            _ => Err(mismatch()),
-        }
+        self.op(AuditEvents::new(user_id.to_owned())).await
+    }
+}
+
+#[async_trait]
+impl<T> OneTimeStore for ServiceStore<T>
+where
+    T: Handles<PutOnce> + Handles<TakeOnce>,
+{
+    async fn put_once(&self, item: &OneTimeItem, now_ms: i64) -> Result<(), StoreError> {
+        self.op(PutOnce::new(item.clone(), now_ms)).await
+    }
+    async fn take_once(
+        &self,
+        ns: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> Result<Option<SecretBytes>, StoreError> {
+        self.op(TakeOnce::new(ns.to_owned(), key.to_owned(), now_ms))
+            .await
+    }
+}
+
+#[async_trait]
+impl<T> RecordStore for ServiceStore<T>
+where
+    T: Handles<InsertIfAbsent>
+        + Handles<GetRecord>
+        + Handles<AdvanceRecord>
+        + Handles<ListRecords>
+        + Handles<RemoveRecord>,
+{
+    async fn insert_if_absent(&self, record: &Record) -> Result<(), StoreError> {
+        self.op(InsertIfAbsent::new(record.clone())).await
+    }
+    async fn record(
+        &self,
+        ns: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> Result<Option<Record>, StoreError> {
+        self.op(GetRecord::new(ns.to_owned(), key.to_owned(), now_ms))
+            .await
+    }
+    async fn advance(&self, advance: &Advance) -> Result<bool, StoreError> {
+        self.op(AdvanceRecord::new(advance.clone())).await
+    }
+    async fn records(
+        &self,
+        ns: &str,
+        filter: &RecordFilter,
+        now_ms: i64,
+    ) -> Result<Vec<Record>, StoreError> {
+        self.op(ListRecords::new(ns.to_owned(), filter.clone(), now_ms))
+            .await
+    }
+    async fn remove_record(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
+        self.op(RemoveRecord::new(ns.to_owned(), key.to_owned()))
+            .await
+    }
+}
+
+#[async_trait]
+impl<T> VersionedStore for ServiceStore<T>
+where
+    T: Handles<UpsertVersioned> + Handles<GetVersioned>,
+{
+    async fn upsert_versioned(&self, value: &Versioned) -> Result<CasOutcome, StoreError> {
+        self.op(UpsertVersioned::new(value.clone())).await
+    }
+    async fn versioned(&self, ns: &str, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.op(GetVersioned::new(ns.to_owned(), key.to_owned()))
+            .await
+    }
+}
+
+#[async_trait]
+impl<T> LeaseStore for ServiceStore<T>
+where
+    T: Handles<AcquireLease> + Handles<RenewLease> + Handles<ReleaseLease> + Handles<GetLease>,
+{
+    async fn acquire(&self, request: &NewLease) -> Result<Option<Lease>, StoreError> {
+        self.op(AcquireLease::new(request.clone())).await
+    }
+    async fn renew(&self, lease: &Lease, ttl_ms: i64, now_ms: i64) -> Result<Lease, StoreError> {
+        self.op(RenewLease::new(lease.clone(), ttl_ms, now_ms)).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<bool, StoreError> {
+        self.op(ReleaseLease::new(lease.clone())).await
+    }
+    async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        self.op(GetLease::new(name.to_owned())).await
+    }
+}
+
+#[async_trait]
+impl<T> WindowCounters for ServiceStore<T>
+where
+    T: Handles<Hit>,
+{
+    async fn hit(
+        &self,
+        key: &str,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Result<WindowCount, StoreError> {
+        self.op(Hit::new(key.to_owned(), window_ms, now_ms)).await
+    }
+}
+
+#[async_trait]
+impl<T> Purge for ServiceStore<T>
+where
+    T: Handles<PurgeExpired>,
+{
+    async fn purge_expired(&self, now_ms: i64) -> Result<Purged, StoreError> {
+        self.op(PurgeExpired::new(now_ms)).await
     }
 }
