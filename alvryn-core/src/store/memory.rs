@@ -313,12 +313,12 @@ impl VersionedStore for MemoryStore {
     async fn upsert_versioned(&self, value: &Versioned) -> Result<CasOutcome, StoreError> {
         let mut s = self.lock();
         let k = nk(&value.ns, &value.key);
-        if let Some(cur) = s.versioned.get(&k) {
-            if cur.version >= value.version {
-                return Ok(CasOutcome::Stale {
-                    current: cur.version,
-                });
-            }
+        if let Some(cur) = s.versioned.get(&k)
+            && cur.version >= value.version
+        {
+            return Ok(CasOutcome::Stale {
+                current: cur.version,
+            });
         }
         s.versioned.insert(k, value.clone());
         Ok(CasOutcome::Applied)

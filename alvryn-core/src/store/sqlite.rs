@@ -1,27 +1,62 @@
 //! The embedded store: one SQLite file (bundled SQLite, no system
-//! library), WAL mode so the server and the worker can share it from two
-//! processes, schema migrations applied when the store opens.
+//! library) in WAL mode, shared safely by several handles and several
+//! processes (the server and the worker), schema migrations applied when
+//! the store opens.
 //!
-//! Every call runs on Tokio's blocking pool against one connection per
-//! store handle; SQLite serializes writers, and a `busy_timeout` of 5 s
-//! makes a second process wait for the lock instead of failing. Rotation
-//! is a single conditional `UPDATE ... WHERE current_hash = ?`, so the
-//! compare-and-swap is atomic across threads and processes.
+//! # Concurrency
+//!
+//! * **One writer.** Every write of a handle goes to one thread that owns
+//!   the only writing connection. It takes every write that is pending,
+//!   runs them in **one** transaction (each inside its own savepoint, so
+//!   one failing write undoes only itself), commits once, and only then
+//!   answers each waiter. The commit runs with `synchronous=FULL`: a
+//!   write that returned `Ok` is in the WAL on disk, and concurrent
+//!   writers share one sync instead of queueing for one each. Another
+//!   process's writer waits for the write lock (`busy_timeout`, 5 s)
+//!   instead of failing.
+//! * **Readers beside it.** Reads run on a small pool of read-only
+//!   connections on the calling thread: a point read by key takes
+//!   microseconds, and in WAL mode a reader never waits for a writer, so
+//!   a slow writer (the worker holding the write lock) never stalls a
+//!   read. A read sees every write that returned before it began.
+//! * **Atomic by construction.** Every compare-and-swap (rotation, lease,
+//!   record status, versioned upsert) is a single conditional statement
+//!   (`UPDATE ... WHERE`, `INSERT ... ON CONFLICT DO UPDATE ... WHERE`),
+//!   and multi-statement writes (the ledger, a status move) run inside
+//!   the writer's transaction. Statements are prepared once per
+//!   connection (`prepare_cached`).
+//!
+//! # Failure modes
+//!
+//! * The file cannot be opened or migrated: [`StoreError::Unavailable`]
+//!   at [`SqliteStore::open`], nothing of a failed migration applied.
+//! * The commit fails (disk full, I/O error, the lock not obtained in
+//!   5 s): every write of that group gets [`StoreError::Unavailable`] and
+//!   none of them is applied.
+//! * The writer thread is gone (it never panics on a write; a panicking
+//!   write is rolled back and answered as unavailable):
+//!   [`StoreError::Unavailable`].
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 
+use super::primitives::window_bounds;
 use super::{
-    AuditEvent, PreviousSlot, RefreshFamily, RefreshSlot, RevokeReason, Rotation, StoreError,
-    TokenHash, TokenStore, User,
+    Advance, AuditEvent, AuditLog, CasOutcome, Lease, LeaseStore, NewLease, OneTimeItem,
+    OneTimeStore, PreviousSlot, Purge, Purged, Record, RecordFilter, RecordStore, RefreshFamily,
+    RefreshSlot, Revocation, RevokeReason, Rotation, SessionStore, StoreError, TokenHash, User,
+    UserStore, Versioned, VersionedStore, WindowCount, WindowCounters,
 };
 use crate::billing::PlanName;
 use crate::crypto::ledger::grant;
 use crate::crypto::{KeyId, LedgerError, Reservation, UsageLedger};
+use crate::secret::SecretBytes;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many have run. Never edit one that has shipped: append.
@@ -64,19 +99,84 @@ const MIGRATIONS: &[&str] = &[
         key_id TEXT PRIMARY KEY,
         reserved INTEGER NOT NULL
      ) STRICT;",
+    // 2: the generic primitives.
+    "CREATE TABLE one_time (
+        ns TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (ns, key)
+     ) STRICT, WITHOUT ROWID;
+     CREATE INDEX one_time_expiry ON one_time(expires_at_ms);
+     CREATE TABLE records (
+        ns TEXT NOT NULL,
+        key TEXT NOT NULL,
+        owner TEXT,
+        status INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER,
+        PRIMARY KEY (ns, key)
+     ) STRICT;
+     CREATE INDEX records_owner ON records(ns, owner, created_at_ms);
+     CREATE INDEX records_status ON records(ns, status, created_at_ms);
+     CREATE INDEX records_expiry ON records(expires_at_ms) WHERE expires_at_ms IS NOT NULL;
+     CREATE TABLE versioned (
+        ns TEXT NOT NULL,
+        key TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        updated_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (ns, key)
+     ) STRICT;
+     CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        fence INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL
+     ) STRICT;
+     CREATE TABLE window_counters (
+        key TEXT NOT NULL,
+        window_start_ms INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (key, window_start_ms)
+     ) STRICT, WITHOUT ROWID;
+     CREATE INDEX window_counters_expiry ON window_counters(expires_at_ms);",
 ];
 
-/// The embedded SQLite store.
+/// How long a connection waits for another process's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most writes committed together.
+const MAX_GROUP: usize = 256;
+/// Most idle reader connections kept per handle.
+const MAX_IDLE_READERS: usize = 16;
+
+/// What the writer hands back for a write once the group is committed (or
+/// failed): it answers the waiter.
+type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
+/// One write: runs inside the group's transaction, says whether it
+/// succeeded (else its savepoint is rolled back) and how to answer.
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Answer) + Send>;
+
+struct Inner {
+    path: PathBuf,
+    writes: Mutex<mpsc::Sender<Job>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+/// The embedded SQLite store. Cheap to clone; clones share the writer and
+/// the readers.
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
-    path: Arc<PathBuf>,
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
-            .field("path", &self.path)
+            .field("path", &self.inner.path)
             .finish_non_exhaustive()
     }
 }
@@ -85,9 +185,17 @@ fn unavailable(e: rusqlite::Error) -> StoreError {
     StoreError::unavailable(e)
 }
 
+fn writer_gone() -> StoreError {
+    StoreError::Unavailable("the embedded store's writer has stopped".into())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path` and applies any
-    /// pending migrations.
+    /// Opens (creating if needed) the database at `path`, applies any
+    /// pending migrations and starts the writer thread.
     ///
     /// # Errors
     /// [`StoreError::Unavailable`] when the file cannot be opened or a
@@ -97,52 +205,32 @@ impl SqliteStore {
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_owned();
         let p = path.clone();
-        let conn = tokio::task::spawn_blocking(move || Self::open_blocking(&p))
+        let (writer, reader) =
+            tokio::task::spawn_blocking(move || -> Result<(Connection, Connection), StoreError> {
+                let w = open_writer(&p)?;
+                let r = open_reader(&p)?;
+                Ok((w, r))
+            })
             .await
             .map_err(StoreError::unavailable)??;
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("alvryn-sqlite-writer".into())
+            .spawn(move || write_loop(&writer, &rx))
+            .map_err(StoreError::unavailable)?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
-            path: Arc::new(path),
+            inner: Arc::new(Inner {
+                path,
+                writes: Mutex::new(tx),
+                readers: Mutex::new(vec![reader]),
+            }),
         })
     }
 
-    fn open_blocking(path: &Path) -> Result<Connection, StoreError> {
-        let mut conn = Connection::open(path).map_err(unavailable)?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(unavailable)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(unavailable)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(unavailable)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(unavailable)?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(unavailable)?;
-        let version: i64 = tx
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(unavailable)?;
-        let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
-        if version > known {
-            return Err(StoreError::Corrupt(format!(
-                "the database is at schema version {version}, newer than this build's {known}"
-            )));
-        }
-        for (i, sql) in MIGRATIONS
-            .iter()
-            .enumerate()
-            .skip(usize::try_from(version).unwrap_or(0))
-        {
-            tx.execute_batch(sql).map_err(unavailable)?;
-            tx.pragma_update(
-                None,
-                "user_version",
-                i64::try_from(i + 1).unwrap_or(i64::MAX),
-            )
-            .map_err(unavailable)?;
-        }
-        tx.commit().map_err(unavailable)?;
-        Ok(conn)
+    /// The database file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.inner.path
     }
 
     /// The schema version of the open database.
@@ -150,29 +238,158 @@ impl SqliteStore {
     /// # Errors
     /// [`StoreError::Unavailable`].
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
-        self.run(|c| {
+        self.read(|c| {
             c.query_row("PRAGMA user_version", [], |r| r.get(0))
                 .map_err(unavailable)
         })
-        .await
     }
 
-    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// Runs a read on a pooled reader connection, on this thread.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let pooled = lock(&self.inner.readers).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_reader(&self.inner.path)?,
+        };
+        let out = f(&conn);
+        let mut idle = lock(&self.inner.readers);
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        out
+    }
+
+    /// Queues a write for the writer and waits until its group is
+    /// committed.
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            let mut c = conn.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut c)
-        })
-        .await
-        .map_err(StoreError::unavailable)?
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
+        let job: Job = Box::new(move |c| {
+            let out = f(c);
+            let ok = out.is_ok();
+            let answer: Answer = Box::new(move |commit_error| {
+                let _ = tx.send(match commit_error {
+                    None => out,
+                    Some(e) => Err(StoreError::Unavailable(
+                        format!("the commit failed: {e}").into(),
+                    )),
+                });
+            });
+            (ok, answer)
+        });
+        lock(&self.inner.writes)
+            .send(job)
+            .map_err(|_| writer_gone())?;
+        rx.await.map_err(|_| writer_gone())?
     }
 }
 
-const USER_COLS: &str = "id, email, password_hash, plan, created_at_ms";
+fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open(path).map_err(unavailable)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(unavailable)?;
+    // Every commit is synced before any write of its group is answered.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(unavailable)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(unavailable)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(unavailable)?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(unavailable)?;
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    if version > known {
+        return Err(StoreError::Corrupt(format!(
+            "the database is at schema version {version}, newer than this build's {known}"
+        )));
+    }
+    for (i, sql) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .skip(usize::try_from(version).unwrap_or(0))
+    {
+        tx.execute_batch(sql).map_err(unavailable)?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(i + 1).unwrap_or(i64::MAX),
+        )
+        .map_err(unavailable)?;
+    }
+    tx.commit().map_err(unavailable)?;
+    Ok(conn)
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(unavailable)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// The writer thread: group pending writes into one transaction and one
+/// sync. Ends when every handle is dropped.
+fn write_loop(conn: &Connection, jobs: &mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(error = %e, writes = group.len(), "the embedded store could not start a write");
+            // Dropping a job drops its answer channel: the waiter sees the
+            // store as unavailable.
+            drop(group);
+            continue;
+        }
+        let mut answers = Vec::with_capacity(group.len());
+        for job in group {
+            if conn.execute_batch("SAVEPOINT w").is_err() {
+                continue;
+            }
+            let (ok, answer) = match catch_unwind(AssertUnwindSafe(|| job(conn))) {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::error!("a write to the embedded store panicked; rolled back");
+                    (false, Box::new(|_: Option<&str>| {}) as Answer)
+                }
+            };
+            let end = if ok {
+                "RELEASE w"
+            } else {
+                "ROLLBACK TO w; RELEASE w"
+            };
+            if let Err(e) = conn.execute_batch(end) {
+                tracing::error!(error = %e, "the embedded store could not end a savepoint");
+            }
+            answers.push(answer);
+        }
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => answers.into_iter().for_each(|a| a(None)),
+            Err(e) => {
+                tracing::error!(error = %e, writes = answers.len(), "the embedded store could not commit");
+                let _ = conn.execute_batch("ROLLBACK");
+                let msg = e.to_string();
+                answers.into_iter().for_each(|a| a(Some(&msg)));
+            }
+        }
+    }
+}
+
 const FAMILY_COLS: &str = "id, user_id, created_at_ms, last_used_at_ms, expires_at_ms, user_agent, current_hash, \
      current_jti, current_issued_at, previous_hash, previous_rotated_at_ms, revoked_at_ms, revoke_reason, generation";
 
@@ -209,7 +426,8 @@ fn family_from_row(r: &Row<'_>) -> rusqlite::Result<Result<RefreshFamily, StoreE
             }),
             None => return Ok(Err(corrupt("token hash"))),
         },
-        _ => None,
+        (None, None) => None,
+        _ => return Ok(Err(corrupt("previous token"))),
     };
     let revoke_reason = match reason.as_deref().map(RevokeReason::parse) {
         None => None,
@@ -235,29 +453,41 @@ fn family_from_row(r: &Row<'_>) -> rusqlite::Result<Result<RefreshFamily, StoreE
     }))
 }
 
+fn is_constraint(e: &rusqlite::Error, codes: &[std::ffi::c_int]) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if codes.contains(&f.extended_code))
+}
+
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+    is_constraint(
+        e,
+        &[
+            rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE,
+            rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY,
+        ],
+    )
 }
 
 #[async_trait]
-impl TokenStore for SqliteStore {
+impl UserStore for SqliteStore {
     async fn create_user(&self, user: &User) -> Result<(), StoreError> {
         let u = user.clone();
-        self.run(move |c| {
-            c.execute(
-                &format!("INSERT INTO users ({USER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5)"),
-                params![
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO users (id, email, password_hash, plan, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
                     u.id,
                     u.email,
                     u.password_hash,
                     u.plan.as_str(),
                     u.created_at_ms
-                ],
-            )
+                ])
+            })
             .map(|_| ())
             .map_err(|e| {
                 if is_unique_violation(&e) {
-                    StoreError::EmailTaken
+                    StoreError::Conflict
                 } else {
                     unavailable(e)
                 }
@@ -267,43 +497,29 @@ impl TokenStore for SqliteStore {
     }
 
     async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
-        let id = id.to_owned();
-        self.run(move |c| {
-            c.query_row(
-                &format!("SELECT {USER_COLS} FROM users WHERE id = ?1"),
-                [id],
-                user_from_row,
-            )
-            .optional()
-            .map_err(unavailable)?
-            .transpose()
+        self.read(|c| {
+            c.prepare_cached("SELECT id, email, password_hash, plan, created_at_ms FROM users WHERE id = ?1")
+                .and_then(|mut s| s.query_row([id], user_from_row).optional())
+                .map_err(unavailable)?
+                .transpose()
         })
-        .await
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
-        let email = email.to_owned();
-        self.run(move |c| {
-            c.query_row(
-                &format!("SELECT {USER_COLS} FROM users WHERE email = ?1"),
-                [email],
-                user_from_row,
-            )
-            .optional()
-            .map_err(unavailable)?
-            .transpose()
+        self.read(|c| {
+            c.prepare_cached("SELECT id, email, password_hash, plan, created_at_ms FROM users WHERE email = ?1")
+                .and_then(|mut s| s.query_row([email], user_from_row).optional())
+                .map_err(unavailable)?
+                .transpose()
         })
-        .await
     }
 
     async fn set_password_hash(&self, user_id: &str, phc: &str) -> Result<(), StoreError> {
         let (id, phc) = (user_id.to_owned(), phc.to_owned());
-        self.run(move |c| {
+        self.write(move |c| {
             match c
-                .execute(
-                    "UPDATE users SET password_hash = ?2 WHERE id = ?1",
-                    params![id, phc],
-                )
+                .prepare_cached("UPDATE users SET password_hash = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![id, phc]))
                 .map_err(unavailable)?
             {
                 0 => Err(StoreError::NotFound),
@@ -312,13 +528,20 @@ impl TokenStore for SqliteStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl SessionStore for SqliteStore {
     async fn create_family(&self, family: &RefreshFamily) -> Result<(), StoreError> {
         let f = family.clone();
-        self.run(move |c| {
-            c.execute(
-                &format!("INSERT INTO refresh_families ({FAMILY_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
-                params![
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO refresh_families (id, user_id, created_at_ms, last_used_at_ms, expires_at_ms, user_agent, \
+                 current_hash, current_jti, current_issued_at, previous_hash, previous_rotated_at_ms, revoked_at_ms, \
+                 revoke_reason, generation) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
                     f.id,
                     f.user_id,
                     f.created_at_ms,
@@ -333,90 +556,68 @@ impl TokenStore for SqliteStore {
                     f.revoked_at_ms,
                     f.revoke_reason.map(RevokeReason::as_str),
                     f.generation,
-                ],
-            )
+                ])
+            })
             .map(|_| ())
-            .map_err(unavailable)
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict
+                } else if is_constraint(&e, &[rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY]) {
+                    StoreError::NotFound
+                } else {
+                    unavailable(e)
+                }
+            })
         })
         .await
     }
 
     async fn family(&self, id: &str) -> Result<Option<RefreshFamily>, StoreError> {
-        let id = id.to_owned();
-        self.run(move |c| {
-            c.query_row(
-                &format!("SELECT {FAMILY_COLS} FROM refresh_families WHERE id = ?1"),
-                [id],
-                family_from_row,
-            )
-            .optional()
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {FAMILY_COLS} FROM refresh_families WHERE id = ?1"
+            ))
+            .and_then(|mut s| s.query_row([id], family_from_row).optional())
             .map_err(unavailable)?
             .transpose()
         })
-        .await
     }
 
     async fn rotate_family(&self, r: &Rotation) -> Result<Option<RefreshFamily>, StoreError> {
         let r = r.clone();
-        self.run(move |c| {
-            let f = c
-                .query_row(
-                    &format!(
-                        "UPDATE refresh_families SET
-                            previous_hash = current_hash, previous_rotated_at_ms = ?3,
-                            current_hash = ?4, current_jti = ?5, current_issued_at = ?6,
-                            last_used_at_ms = ?3, expires_at_ms = ?7, generation = generation + 1
-                         WHERE id = ?1 AND current_hash = ?2 AND revoked_at_ms IS NULL AND expires_at_ms > ?3
-                         RETURNING {FAMILY_COLS}"
-                    ),
-                    params![
-                        r.family_id,
-                        &r.expected.0[..],
-                        r.now_ms,
-                        &r.next.token_hash.0[..],
-                        r.next.jti,
-                        r.next.issued_at,
-                        r.expires_at_ms
-                    ],
-                    family_from_row,
-                )
-                .optional()
-                .map_err(unavailable)?;
-            f.transpose()
+        self.write(move |c| {
+            c.prepare_cached(ROTATE_SQL)
+                .and_then(|mut s| {
+                    s.query_row(
+                        params![
+                            r.family_id,
+                            &r.expected.0[..],
+                            r.now_ms,
+                            &r.next.token_hash.0[..],
+                            r.next.jti,
+                            r.next.issued_at,
+                            r.expires_at_ms
+                        ],
+                        family_from_row,
+                    )
+                    .optional()
+                })
+                .map_err(unavailable)?
+                .transpose()
         })
         .await
     }
 
-    async fn revoke_family(
-        &self,
-        id: &str,
-        reason: RevokeReason,
-        at_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let id = id.to_owned();
-        self.run(move |c| {
-            c.execute(
-                "UPDATE refresh_families SET revoked_at_ms = ?2, revoke_reason = ?3 WHERE id = ?1 AND revoked_at_ms IS NULL",
-                params![id, at_ms, reason.as_str()],
+    async fn revoke(&self, r: &Revocation) -> Result<u64, StoreError> {
+        let r = r.clone();
+        self.write(move |c| {
+            c.prepare_cached(
+                "UPDATE refresh_families SET revoked_at_ms = ?3, revoke_reason = ?4
+                 WHERE user_id = ?1 AND (?2 IS NULL OR id = ?2) AND revoked_at_ms IS NULL",
             )
-            .map(|n| n == 1)
-            .map_err(unavailable)
-        })
-        .await
-    }
-
-    async fn revoke_user_families(
-        &self,
-        user_id: &str,
-        reason: RevokeReason,
-        at_ms: i64,
-    ) -> Result<u64, StoreError> {
-        let id = user_id.to_owned();
-        self.run(move |c| {
-            c.execute(
-                "UPDATE refresh_families SET revoked_at_ms = ?2, revoke_reason = ?3 WHERE user_id = ?1 AND revoked_at_ms IS NULL",
-                params![id, at_ms, reason.as_str()],
-            )
+            .and_then(|mut s| {
+                s.execute(params![r.user_id, r.family_id, r.at_ms, r.reason.as_str()])
+            })
             .map(|n| n as u64)
             .map_err(unavailable)
         })
@@ -428,8 +629,7 @@ impl TokenStore for SqliteStore {
         user_id: &str,
         now_ms: i64,
     ) -> Result<Vec<RefreshFamily>, StoreError> {
-        let id = user_id.to_owned();
-        self.run(move |c| {
+        self.read(|c| {
             let mut stmt = c
                 .prepare_cached(&format!(
                     "SELECT {FAMILY_COLS} FROM refresh_families
@@ -438,20 +638,30 @@ impl TokenStore for SqliteStore {
                 ))
                 .map_err(unavailable)?;
             let rows = stmt
-                .query_map(params![id, now_ms], family_from_row)
+                .query_map(params![user_id, now_ms], family_from_row)
                 .map_err(unavailable)?;
             rows.map(|r| r.map_err(unavailable)?).collect()
         })
-        .await
     }
+}
 
+const ROTATE_SQL: &str = "UPDATE refresh_families SET
+        previous_hash = current_hash, previous_rotated_at_ms = ?3,
+        current_hash = ?4, current_jti = ?5, current_issued_at = ?6,
+        last_used_at_ms = ?3, expires_at_ms = ?7, generation = generation + 1
+     WHERE id = ?1 AND current_hash = ?2 AND revoked_at_ms IS NULL AND expires_at_ms > ?3
+     RETURNING id, user_id, created_at_ms, last_used_at_ms, expires_at_ms, user_agent, current_hash, \
+     current_jti, current_issued_at, previous_hash, previous_rotated_at_ms, revoked_at_ms, revoke_reason, generation";
+
+#[async_trait]
+impl AuditLog for SqliteStore {
     async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         let e = event.clone();
-        self.run(move |c| {
-            c.execute(
+        self.write(move |c| {
+            c.prepare_cached(
                 "INSERT INTO audit_events (at_ms, kind, user_id, family_id) VALUES (?1, ?2, ?3, ?4)",
-                params![e.at_ms, e.kind, e.user_id, e.family_id],
             )
+            .and_then(|mut s| s.execute(params![e.at_ms, e.kind, e.user_id, e.family_id]))
             .map(|_| ())
             .map_err(unavailable)
         })
@@ -459,22 +669,34 @@ impl TokenStore for SqliteStore {
     }
 
     async fn audit_events(&self, user_id: &str) -> Result<Vec<AuditEvent>, StoreError> {
-        let id = user_id.to_owned();
-        self.run(move |c| {
+        self.read(|c| {
             let mut stmt = c
                 .prepare_cached("SELECT at_ms, kind, user_id, family_id FROM audit_events WHERE user_id = ?1 ORDER BY seq")
                 .map_err(unavailable)?;
             let rows = stmt
-                .query_map([id], |r| Ok(AuditEvent { at_ms: r.get(0)?, kind: r.get(1)?, user_id: r.get(2)?, family_id: r.get(3)? }))
+                .query_map([user_id], |r| {
+                    Ok(AuditEvent {
+                        at_ms: r.get(0)?,
+                        kind: r.get(1)?,
+                        user_id: r.get(2)?,
+                        family_id: r.get(3)?,
+                    })
+                })
                 .map_err(unavailable)?;
             rows.map(|r| r.map_err(unavailable)).collect()
         })
-        .await
     }
 }
 
 fn ledger_err(e: StoreError) -> LedgerError {
     LedgerError::Storage(Box::new(e))
+}
+
+fn read_reserved(c: &Connection, key: &str) -> Result<i64, StoreError> {
+    c.prepare_cached("SELECT reserved FROM key_usage WHERE key_id = ?1")
+        .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
+        .map_err(unavailable)
+        .map(Option::unwrap_or_default)
 }
 
 #[async_trait]
@@ -486,30 +708,25 @@ impl UsageLedger for SqliteStore {
         limit: u64,
     ) -> Result<Reservation, LedgerError> {
         let key = key.clone();
-        self.run(move |c| {
-            let tx = c
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(unavailable)?;
-            let current: i64 = tx
-                .query_row(
-                    "SELECT reserved FROM key_usage WHERE key_id = ?1",
-                    [key.as_str()],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(unavailable)?
-                .unwrap_or(0);
+        // Read and write inside the writer's transaction: no other write
+        // of any process can come between them.
+        self.write(move |c| {
+            let current = read_reserved(c, key.as_str())?;
             let r = match grant(u64::try_from(current).unwrap_or(0), count, limit, &key) {
                 Ok(r) => r,
                 Err(e) => return Ok(Err(e)),
             };
-            tx.execute(
+            c.prepare_cached(
                 "INSERT INTO key_usage (key_id, reserved) VALUES (?1, ?2)
-                     ON CONFLICT(key_id) DO UPDATE SET reserved = excluded.reserved",
-                params![key.as_str(), i64::try_from(r.total).unwrap_or(i64::MAX)],
+                 ON CONFLICT(key_id) DO UPDATE SET reserved = excluded.reserved",
             )
+            .and_then(|mut s| {
+                s.execute(params![
+                    key.as_str(),
+                    i64::try_from(r.total).unwrap_or(i64::MAX)
+                ])
+            })
             .map_err(unavailable)?;
-            tx.commit().map_err(unavailable)?;
             Ok(Ok(r))
         })
         .await
@@ -517,20 +734,400 @@ impl UsageLedger for SqliteStore {
     }
 
     async fn reserved(&self, key: &KeyId) -> Result<u64, LedgerError> {
-        let key = key.clone();
-        let n: i64 = self
-            .run(move |c| {
-                c.query_row(
-                    "SELECT reserved FROM key_usage WHERE key_id = ?1",
-                    [key.as_str()],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(unavailable)
-                .map(Option::unwrap_or_default)
-            })
-            .await
+        let n = self
+            .read(|c| read_reserved(c, key.as_str()))
             .map_err(ledger_err)?;
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+#[async_trait]
+impl OneTimeStore for SqliteStore {
+    async fn put_once(&self, item: &OneTimeItem, now_ms: i64) -> Result<(), StoreError> {
+        let item = item.clone();
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "INSERT INTO one_time (ns, key, value, expires_at_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(ns, key) DO UPDATE SET value = excluded.value, expires_at_ms = excluded.expires_at_ms
+                     WHERE one_time.expires_at_ms <= ?5",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        item.ns,
+                        item.key,
+                        item.value.expose(),
+                        item.expires_at_ms,
+                        now_ms
+                    ])
+                })
+                .map_err(unavailable)?;
+            if n == 0 {
+                Err(StoreError::Conflict)
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    async fn take_once(
+        &self,
+        ns: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> Result<Option<SecretBytes>, StoreError> {
+        let (ns, key) = (ns.to_owned(), key.to_owned());
+        self.write(move |c| {
+            let taken: Option<(Vec<u8>, i64)> = c
+                .prepare_cached(
+                    "DELETE FROM one_time WHERE ns = ?1 AND key = ?2 RETURNING value, expires_at_ms",
+                )
+                .and_then(|mut s| {
+                    s.query_row([ns, key], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(unavailable)?;
+            Ok(taken
+                .map(|(v, exp)| (SecretBytes::new(v), exp))
+                .filter(|(_, exp)| *exp > now_ms)
+                .map(|(v, _)| v))
+        })
+        .await
+    }
+}
+
+const RECORD_COLS: &str =
+    "ns, key, owner, status, data, created_at_ms, updated_at_ms, expires_at_ms";
+
+fn record_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Record, StoreError>> {
+    let status: i64 = r.get(3)?;
+    let Ok(status) = u32::try_from(status) else {
+        return Ok(Err(StoreError::Corrupt(
+            "a record has an invalid status".into(),
+        )));
+    };
+    Ok(Ok(Record {
+        ns: r.get(0)?,
+        key: r.get(1)?,
+        owner: r.get(2)?,
+        status,
+        data: r.get(4)?,
+        created_at_ms: r.get(5)?,
+        updated_at_ms: r.get(6)?,
+        expires_at_ms: r.get(7)?,
+    }))
+}
+
+fn live_record_exists(c: &Connection, ns: &str, key: &str, now_ms: i64) -> Result<bool, StoreError> {
+    c.prepare_cached(
+        "SELECT 1 FROM records WHERE ns = ?1 AND key = ?2 AND (expires_at_ms IS NULL OR expires_at_ms > ?3)",
+    )
+    .and_then(|mut s| s.exists(params![ns, key, now_ms]))
+    .map_err(unavailable)
+}
+
+#[async_trait]
+impl RecordStore for SqliteStore {
+    async fn insert_if_absent(&self, record: &Record) -> Result<(), StoreError> {
+        let r = record.clone();
+        self.write(move |c| {
+            // An expired record under the key is replaced; a live one wins.
+            let n = c
+                .prepare_cached(&format!(
+                    "INSERT INTO records ({RECORD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                     ON CONFLICT(ns, key) DO UPDATE SET owner = excluded.owner, status = excluded.status,
+                        data = excluded.data, created_at_ms = excluded.created_at_ms,
+                        updated_at_ms = excluded.updated_at_ms, expires_at_ms = excluded.expires_at_ms
+                     WHERE records.expires_at_ms IS NOT NULL AND records.expires_at_ms <= excluded.created_at_ms"
+                ))
+                .and_then(|mut s| {
+                    s.execute(params![
+                        r.ns,
+                        r.key,
+                        r.owner,
+                        i64::from(r.status),
+                        r.data,
+                        r.created_at_ms,
+                        r.updated_at_ms,
+                        r.expires_at_ms
+                    ])
+                })
+                .map_err(unavailable)?;
+            if n == 0 {
+                Err(StoreError::Conflict)
+            } else {
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    async fn record(
+        &self,
+        ns: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> Result<Option<Record>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {RECORD_COLS} FROM records
+                 WHERE ns = ?1 AND key = ?2 AND (expires_at_ms IS NULL OR expires_at_ms > ?3)"
+            ))
+            .and_then(|mut s| s.query_row(params![ns, key, now_ms], record_from_row).optional())
+            .map_err(unavailable)?
+            .transpose()
+        })
+    }
+
+    async fn advance(&self, a: &Advance) -> Result<bool, StoreError> {
+        let a = a.clone();
+        self.write(move |c| {
+            let moved = c
+                .prepare_cached(
+                    "UPDATE records SET status = ?3, data = COALESCE(?4, data), updated_at_ms = ?5
+                     WHERE ns = ?1 AND key = ?2 AND status < ?3
+                       AND (expires_at_ms IS NULL OR expires_at_ms > ?5)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![a.ns, a.key, i64::from(a.to), a.data, a.now_ms])
+                })
+                .map_err(unavailable)?;
+            if moved == 1 {
+                Ok(true)
+            } else if live_record_exists(c, &a.ns, &a.key, a.now_ms)? {
+                Ok(false)
+            } else {
+                Err(StoreError::NotFound)
+            }
+        })
+        .await
+    }
+
+    async fn records(
+        &self,
+        ns: &str,
+        filter: &RecordFilter,
+        now_ms: i64,
+    ) -> Result<Vec<Record>, StoreError> {
+        let limit = if filter.limit == 0 {
+            -1
+        } else {
+            i64::try_from(filter.limit).unwrap_or(i64::MAX)
+        };
+        self.read(|c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLS} FROM records
+                     WHERE ns = ?1 AND (?2 IS NULL OR owner = ?2) AND (?3 IS NULL OR status = ?3)
+                       AND (expires_at_ms IS NULL OR expires_at_ms > ?4)
+                     ORDER BY created_at_ms, key LIMIT ?5"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        ns,
+                        filter.owner,
+                        filter.status.map(i64::from),
+                        now_ms,
+                        limit
+                    ],
+                    record_from_row,
+                )
+                .map_err(unavailable)?;
+            rows.map(|r| r.map_err(unavailable)?).collect()
+        })
+    }
+
+    async fn remove_record(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
+        let (ns, key) = (ns.to_owned(), key.to_owned());
+        self.write(move |c| {
+            c.prepare_cached("DELETE FROM records WHERE ns = ?1 AND key = ?2")
+                .and_then(|mut s| s.execute([ns, key]))
+                .map(|n| n == 1)
+                .map_err(unavailable)
+        })
+        .await
+    }
+}
+
+fn read_version(c: &Connection, ns: &str, key: &str) -> Result<Option<Versioned>, StoreError> {
+    c.prepare_cached(
+        "SELECT ns, key, version, data, updated_at_ms FROM versioned WHERE ns = ?1 AND key = ?2",
+    )
+    .and_then(|mut s| {
+        s.query_row([ns, key], |r| {
+            Ok(Versioned {
+                ns: r.get(0)?,
+                key: r.get(1)?,
+                version: r.get(2)?,
+                data: r.get(3)?,
+                updated_at_ms: r.get(4)?,
+            })
+        })
+        .optional()
+    })
+    .map_err(unavailable)
+}
+
+#[async_trait]
+impl VersionedStore for SqliteStore {
+    async fn upsert_versioned(&self, value: &Versioned) -> Result<CasOutcome, StoreError> {
+        let v = value.clone();
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "INSERT INTO versioned (ns, key, version, data, updated_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT(ns, key) DO UPDATE SET version = excluded.version, data = excluded.data,
+                        updated_at_ms = excluded.updated_at_ms
+                     WHERE versioned.version < excluded.version",
+                )
+                .and_then(|mut s| s.execute(params![v.ns, v.key, v.version, v.data, v.updated_at_ms]))
+                .map_err(unavailable)?;
+            if n == 1 {
+                return Ok(CasOutcome::Applied);
+            }
+            let current = read_version(c, &v.ns, &v.key)?.map_or(v.version, |s| s.version);
+            Ok(CasOutcome::Stale { current })
+        })
+        .await
+    }
+
+    async fn versioned(&self, ns: &str, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.read(|c| read_version(c, ns, key))
+    }
+}
+
+fn lease_from_row(r: &Row<'_>) -> rusqlite::Result<Lease> {
+    Ok(Lease {
+        name: r.get(0)?,
+        holder: r.get(1)?,
+        fence: r.get(2)?,
+        expires_at_ms: r.get(3)?,
+    })
+}
+
+#[async_trait]
+impl LeaseStore for SqliteStore {
+    async fn acquire(&self, req: &NewLease) -> Result<Option<Lease>, StoreError> {
+        let req = req.clone();
+        self.write(move |c| {
+            c.prepare_cached(
+                "INSERT INTO leases (name, holder, fence, expires_at_ms) VALUES (?1, ?2, 1, ?3)
+                 ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, fence = leases.fence + 1,
+                    expires_at_ms = excluded.expires_at_ms
+                 WHERE leases.expires_at_ms <= ?4
+                 RETURNING name, holder, fence, expires_at_ms",
+            )
+            .and_then(|mut s| {
+                s.query_row(
+                    params![
+                        req.name,
+                        req.holder,
+                        req.now_ms.saturating_add(req.ttl_ms),
+                        req.now_ms
+                    ],
+                    lease_from_row,
+                )
+                .optional()
+            })
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn renew(&self, lease: &Lease, ttl_ms: i64, now_ms: i64) -> Result<Lease, StoreError> {
+        let l = lease.clone();
+        self.write(move |c| {
+            c.prepare_cached(
+                "UPDATE leases SET expires_at_ms = ?4
+                 WHERE name = ?1 AND fence = ?2 AND holder = ?3 AND expires_at_ms > ?5
+                 RETURNING name, holder, fence, expires_at_ms",
+            )
+            .and_then(|mut s| {
+                s.query_row(
+                    params![l.name, l.fence, l.holder, now_ms.saturating_add(ttl_ms), now_ms],
+                    lease_from_row,
+                )
+                .optional()
+            })
+            .map_err(unavailable)?
+            .ok_or(StoreError::Conflict)
+        })
+        .await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let l = lease.clone();
+        self.write(move |c| {
+            c.prepare_cached(
+                "UPDATE leases SET expires_at_ms = 0
+                 WHERE name = ?1 AND fence = ?2 AND holder = ?3 AND expires_at_ms > 0",
+            )
+            .and_then(|mut s| s.execute(params![l.name, l.fence, l.holder]))
+            .map(|n| n == 1)
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT name, holder, fence, expires_at_ms FROM leases WHERE name = ?1")
+                .and_then(|mut s| s.query_row([name], lease_from_row).optional())
+                .map_err(unavailable)
+        })
+    }
+}
+
+#[async_trait]
+impl WindowCounters for SqliteStore {
+    async fn hit(
+        &self,
+        key: &str,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Result<WindowCount, StoreError> {
+        let key = key.to_owned();
+        let (start, end) = window_bounds(window_ms, now_ms);
+        self.write(move |c| {
+            let count: i64 = c
+                .prepare_cached(
+                    "INSERT INTO window_counters (key, window_start_ms, count, expires_at_ms) VALUES (?1, ?2, 1, ?3)
+                     ON CONFLICT(key, window_start_ms) DO UPDATE SET count = count + 1
+                     RETURNING count",
+                )
+                .and_then(|mut s| s.query_row(params![key, start, end], |r| r.get(0)))
+                .map_err(unavailable)?;
+            Ok(WindowCount {
+                count: u64::try_from(count).unwrap_or(0),
+                resets_at_ms: end,
+            })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Purge for SqliteStore {
+    async fn purge_expired(&self, now_ms: i64) -> Result<Purged, StoreError> {
+        self.write(move |c| {
+            let del = |sql: &str| {
+                c.prepare_cached(sql)
+                    .and_then(|mut s| s.execute([now_ms]))
+                    .map(|n| n as u64)
+                    .map_err(unavailable)
+            };
+            Ok(Purged {
+                one_time: del("DELETE FROM one_time WHERE expires_at_ms <= ?1")?,
+                records: del(
+                    "DELETE FROM records WHERE expires_at_ms IS NOT NULL AND expires_at_ms <= ?1",
+                )?,
+                counters: del("DELETE FROM window_counters WHERE expires_at_ms <= ?1")?,
+                sessions: del("DELETE FROM refresh_families WHERE expires_at_ms <= ?1")?,
+            })
+        })
+        .await
     }
 }
