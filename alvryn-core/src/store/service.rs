@@ -38,6 +38,7 @@ use super::{
     Rotation, SessionStore, StoreError, User, UserStore, Versioned, VersionedStore, WindowCount,
     WindowCounters,
 };
+use crate::crypto::{KeyId, LedgerError, Reservation, UsageLedger};
 use crate::secret::SecretBytes;
 use crate::service::BoxError;
 
@@ -471,5 +472,108 @@ where
 {
     async fn purge_expired(&self, now_ms: i64) -> Result<Purged, StoreError> {
         self.op(PurgeExpired::new(now_ms)).await
+    }
+}
+
+/// [`UsageLedger::reserve`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Reserve {
+    /// The key.
+    pub key: KeyId,
+    /// Encryptions asked for.
+    pub count: u64,
+    /// The key's limit.
+    pub limit: u64,
+}
+
+impl Reserve {
+    /// The request.
+    #[must_use]
+    pub fn new(key: KeyId, count: u64, limit: u64) -> Self {
+        Self { key, count, limit }
+    }
+}
+
+/// [`UsageLedger::reserved`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Reserved {
+    /// The key.
+    pub key: KeyId,
+}
+
+impl Reserved {
+    /// The request.
+    #[must_use]
+    pub fn new(key: KeyId) -> Self {
+        Self { key }
+    }
+}
+
+impl<S: UsageLedger + ?Sized> tower::Service<Reserve> for StoreService<S> {
+    type Response = Reservation;
+    type Error = LedgerError;
+    type Future = Pin<Box<dyn Future<Output = Result<Reservation, LedgerError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), LedgerError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, r: Reserve) -> Self::Future {
+        let s = Arc::clone(&self.store);
+        Box::pin(async move { s.reserve(&r.key, r.count, r.limit).await })
+    }
+}
+
+impl<S: UsageLedger + ?Sized> tower::Service<Reserved> for StoreService<S> {
+    type Response = u64;
+    type Error = LedgerError;
+    type Future = Pin<Box<dyn Future<Output = Result<u64, LedgerError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), LedgerError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, r: Reserved) -> Self::Future {
+        let s = Arc::clone(&self.store);
+        Box::pin(async move { s.reserved(&r.key).await })
+    }
+}
+
+impl Operation for Reserve {
+    type Response = Reservation;
+}
+
+impl Operation for Reserved {
+    type Response = u64;
+}
+
+#[async_trait]
+impl<T> UsageLedger for ServiceStore<T>
+where
+    T: Handles<Reserve> + Handles<Reserved>,
+{
+    async fn reserve(
+        &self,
+        key: &KeyId,
+        count: u64,
+        limit: u64,
+    ) -> Result<Reservation, LedgerError> {
+        use tower::ServiceExt as _;
+        self.service
+            .clone()
+            .oneshot(Reserve::new(key.clone(), count, limit))
+            .await
+            .map_err(|e| crate::service::from_layer(e, LedgerError::Storage))
+    }
+
+    async fn reserved(&self, key: &KeyId) -> Result<u64, LedgerError> {
+        use tower::ServiceExt as _;
+        self.service
+            .clone()
+            .oneshot(Reserved::new(key.clone()))
+            .await
+            .map_err(|e| crate::service::from_layer(e, LedgerError::Storage))
     }
 }
