@@ -138,6 +138,78 @@ fn two_processes_share_the_embedded_store() {
     }
 }
 
+/// A rotation the server answered is on disk: kill -9 the server the
+/// moment the response arrives, and the restarted server (and the file
+/// itself) hold the successor as the session's current token.
+#[test]
+fn an_acknowledged_rotation_survives_kill_9() {
+    use alvryn_core::store::{SessionStore as _, TokenHash};
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let start = || {
+        let mut c = alvryn();
+        c.env("ALVRYN_DATA_DIR", &data)
+            .env("BACKEND_URL", "http://api.localhost");
+        Server::start(c)
+    };
+    let server = start();
+    let signup = support::post_json(
+        server.addr,
+        "/auth/signup",
+        &json!({"email": "durable@example.com", "password": "correct horse battery staple"}),
+        None,
+    );
+    assert_eq!(signup.status, 201, "{}", signup.body);
+    let mut token = signup.json()["refresh_token"].as_str().unwrap().to_owned();
+    // The session id is the refresh token's `sid` claim.
+    let session = {
+        use base64::Engine as _;
+        let payload = token.split('.').nth(1).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        claims["sid"].as_str().unwrap().to_owned()
+    };
+    let mut server = Some(server);
+    for round in 0..5 {
+        let s = server.take().unwrap_or_else(start);
+        let r = support::post_json(
+            s.addr,
+            "/auth/refresh",
+            &json!({"refresh_token": token}),
+            None,
+        );
+        // No graceful stop: SIGKILL as soon as the answer is in.
+        drop(s);
+        assert_eq!(r.status, 200, "round {round}: {}", r.body);
+        token = r.json()["refresh_token"].as_str().unwrap().to_owned();
+        let current = tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let store = alvryn_core::store::sqlite::SqliteStore::open(data.join("alvryn.db"))
+                .await
+                .unwrap();
+            store.family(&session).await.unwrap().unwrap().current
+        });
+        assert_eq!(
+            current.token_hash,
+            TokenHash::of(&token),
+            "round {round}: the acknowledged rotation was lost"
+        );
+    }
+    // And the restarted server accepts the last successor.
+    let s = start();
+    let r = support::post_json(
+        s.addr,
+        "/auth/refresh",
+        &json!({"refresh_token": token}),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
 const SECRET_JWT: &str = "a-jwt-secret-that-must-never-be-printed-0001";
 
 #[test]
