@@ -231,8 +231,7 @@ impl RecordStore for MemoryStore {
     async fn insert_if_absent(&self, record: &Record) -> Result<(), StoreError> {
         let mut s = self.lock();
         let k = nk(&record.ns, &record.key);
-        if s
-            .records
+        if s.records
             .get(&k)
             .is_some_and(|r| r.is_live(record.created_at_ms))
         {
@@ -242,12 +241,7 @@ impl RecordStore for MemoryStore {
         Ok(())
     }
 
-    async fn record(
-        &self,
-        ns: &str,
-        key: &str,
-        now_ms: i64,
-    ) -> Result<Option<Record>, StoreError> {
+    async fn record(&self, ns: &str, key: &str, now_ms: i64) -> Result<Option<Record>, StoreError> {
         Ok(self
             .lock()
             .records
@@ -287,7 +281,10 @@ impl RecordStore for MemoryStore {
             .filter(|r| {
                 r.ns == ns
                     && r.is_live(now_ms)
-                    && filter.owner.as_ref().is_none_or(|o| r.owner.as_ref() == Some(o))
+                    && filter
+                        .owner
+                        .as_ref()
+                        .is_none_or(|o| r.owner.as_ref() == Some(o))
                     && filter.status.is_none_or(|st| r.status == st)
             })
             .cloned()
@@ -352,7 +349,9 @@ impl LeaseStore for MemoryStore {
         let mut s = self.lock();
         match s.leases.get_mut(&lease.name) {
             Some(l)
-                if l.fence == lease.fence && l.holder == lease.holder && l.expires_at_ms > now_ms =>
+                if l.fence == lease.fence
+                    && l.holder == lease.holder
+                    && l.expires_at_ms > now_ms =>
             {
                 l.expires_at_ms = now_ms.saturating_add(ttl_ms);
                 Ok(l.clone())
@@ -364,7 +363,9 @@ impl LeaseStore for MemoryStore {
     async fn release(&self, lease: &Lease) -> Result<bool, StoreError> {
         let mut s = self.lock();
         match s.leases.get_mut(&lease.name) {
-            Some(l) if l.fence == lease.fence && l.holder == lease.holder && l.expires_at_ms > 0 => {
+            Some(l)
+                if l.fence == lease.fence && l.holder == lease.holder && l.expires_at_ms > 0 =>
+            {
                 l.expires_at_ms = 0;
                 Ok(true)
             }
@@ -379,15 +380,13 @@ impl LeaseStore for MemoryStore {
 
 #[async_trait]
 impl WindowCounters for MemoryStore {
-    async fn hit(
-        &self,
-        key: &str,
-        window_ms: i64,
-        now_ms: i64,
-    ) -> Result<WindowCount, StoreError> {
+    async fn hit(&self, key: &str, window_ms: i64, now_ms: i64) -> Result<WindowCount, StoreError> {
         let (start, end) = window_bounds(window_ms, now_ms);
         let mut s = self.lock();
-        let c = s.counters.entry((key.to_owned(), start)).or_insert((0, end));
+        let c = s
+            .counters
+            .entry((key.to_owned(), start))
+            .or_insert((0, end));
         c.0 += 1;
         Ok(WindowCount {
             count: c.0,

@@ -120,8 +120,7 @@ pub trait RecordStore: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`], [`StoreError::Corrupt`].
-    async fn record(&self, ns: &str, key: &str, now_ms: i64)
-    -> Result<Option<Record>, StoreError>;
+    async fn record(&self, ns: &str, key: &str, now_ms: i64) -> Result<Option<Record>, StoreError>;
 
     /// Moves the status forward. `Ok(true)` when it moved; `Ok(false)` when
     /// the stored status is already at or past `to` (nothing changes), so
@@ -277,8 +276,7 @@ pub trait WindowCounters: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`StoreError::Unavailable`]; `window_ms` below 1 is treated as 1.
-    async fn hit(&self, key: &str, window_ms: i64, now_ms: i64)
-    -> Result<WindowCount, StoreError>;
+    async fn hit(&self, key: &str, window_ms: i64, now_ms: i64) -> Result<WindowCount, StoreError>;
 }
 
 /// What [`Purge::purge_expired`] deleted.

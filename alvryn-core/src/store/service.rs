@@ -390,12 +390,7 @@ where
     async fn insert_if_absent(&self, record: &Record) -> Result<(), StoreError> {
         self.op(InsertIfAbsent::new(record.clone())).await
     }
-    async fn record(
-        &self,
-        ns: &str,
-        key: &str,
-        now_ms: i64,
-    ) -> Result<Option<Record>, StoreError> {
+    async fn record(&self, ns: &str, key: &str, now_ms: i64) -> Result<Option<Record>, StoreError> {
         self.op(GetRecord::new(ns.to_owned(), key.to_owned(), now_ms))
             .await
     }
@@ -440,7 +435,8 @@ where
         self.op(AcquireLease::new(request.clone())).await
     }
     async fn renew(&self, lease: &Lease, ttl_ms: i64, now_ms: i64) -> Result<Lease, StoreError> {
-        self.op(RenewLease::new(lease.clone(), ttl_ms, now_ms)).await
+        self.op(RenewLease::new(lease.clone(), ttl_ms, now_ms))
+            .await
     }
     async fn release(&self, lease: &Lease) -> Result<bool, StoreError> {
         self.op(ReleaseLease::new(lease.clone())).await
@@ -455,12 +451,7 @@ impl<T> WindowCounters for ServiceStore<T>
 where
     T: Handles<Hit>,
 {
-    async fn hit(
-        &self,
-        key: &str,
-        window_ms: i64,
-        now_ms: i64,
-    ) -> Result<WindowCount, StoreError> {
+    async fn hit(&self, key: &str, window_ms: i64, now_ms: i64) -> Result<WindowCount, StoreError> {
         self.op(Hit::new(key.to_owned(), window_ms, now_ms)).await
     }
 }

@@ -245,7 +245,10 @@ impl SqliteStore {
     }
 
     /// Runs a read on a pooled reader connection, on this thread.
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let pooled = lock(&self.inner.readers).pop();
         let conn = match pooled {
             Some(c) => c,
@@ -498,19 +501,23 @@ impl UserStore for SqliteStore {
 
     async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
         self.read(|c| {
-            c.prepare_cached("SELECT id, email, password_hash, plan, created_at_ms FROM users WHERE id = ?1")
-                .and_then(|mut s| s.query_row([id], user_from_row).optional())
-                .map_err(unavailable)?
-                .transpose()
+            c.prepare_cached(
+                "SELECT id, email, password_hash, plan, created_at_ms FROM users WHERE id = ?1",
+            )
+            .and_then(|mut s| s.query_row([id], user_from_row).optional())
+            .map_err(unavailable)?
+            .transpose()
         })
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
         self.read(|c| {
-            c.prepare_cached("SELECT id, email, password_hash, plan, created_at_ms FROM users WHERE email = ?1")
-                .and_then(|mut s| s.query_row([email], user_from_row).optional())
-                .map_err(unavailable)?
-                .transpose()
+            c.prepare_cached(
+                "SELECT id, email, password_hash, plan, created_at_ms FROM users WHERE email = ?1",
+            )
+            .and_then(|mut s| s.query_row([email], user_from_row).optional())
+            .map_err(unavailable)?
+            .transpose()
         })
     }
 
@@ -819,7 +826,12 @@ fn record_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Record, StoreError>> 
     }))
 }
 
-fn live_record_exists(c: &Connection, ns: &str, key: &str, now_ms: i64) -> Result<bool, StoreError> {
+fn live_record_exists(
+    c: &Connection,
+    ns: &str,
+    key: &str,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
     c.prepare_cached(
         "SELECT 1 FROM records WHERE ns = ?1 AND key = ?2 AND (expires_at_ms IS NULL OR expires_at_ms > ?3)",
     )
@@ -863,18 +875,16 @@ impl RecordStore for SqliteStore {
         .await
     }
 
-    async fn record(
-        &self,
-        ns: &str,
-        key: &str,
-        now_ms: i64,
-    ) -> Result<Option<Record>, StoreError> {
+    async fn record(&self, ns: &str, key: &str, now_ms: i64) -> Result<Option<Record>, StoreError> {
         self.read(|c| {
             c.prepare_cached(&format!(
                 "SELECT {RECORD_COLS} FROM records
                  WHERE ns = ?1 AND key = ?2 AND (expires_at_ms IS NULL OR expires_at_ms > ?3)"
             ))
-            .and_then(|mut s| s.query_row(params![ns, key, now_ms], record_from_row).optional())
+            .and_then(|mut s| {
+                s.query_row(params![ns, key, now_ms], record_from_row)
+                    .optional()
+            })
             .map_err(unavailable)?
             .transpose()
         })
@@ -1047,7 +1057,13 @@ impl LeaseStore for SqliteStore {
             )
             .and_then(|mut s| {
                 s.query_row(
-                    params![l.name, l.fence, l.holder, now_ms.saturating_add(ttl_ms), now_ms],
+                    params![
+                        l.name,
+                        l.fence,
+                        l.holder,
+                        now_ms.saturating_add(ttl_ms),
+                        now_ms
+                    ],
                     lease_from_row,
                 )
                 .optional()
@@ -1074,21 +1090,18 @@ impl LeaseStore for SqliteStore {
 
     async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
         self.read(|c| {
-            c.prepare_cached("SELECT name, holder, fence, expires_at_ms FROM leases WHERE name = ?1")
-                .and_then(|mut s| s.query_row([name], lease_from_row).optional())
-                .map_err(unavailable)
+            c.prepare_cached(
+                "SELECT name, holder, fence, expires_at_ms FROM leases WHERE name = ?1",
+            )
+            .and_then(|mut s| s.query_row([name], lease_from_row).optional())
+            .map_err(unavailable)
         })
     }
 }
 
 #[async_trait]
 impl WindowCounters for SqliteStore {
-    async fn hit(
-        &self,
-        key: &str,
-        window_ms: i64,
-        now_ms: i64,
-    ) -> Result<WindowCount, StoreError> {
+    async fn hit(&self, key: &str, window_ms: i64, now_ms: i64) -> Result<WindowCount, StoreError> {
         let key = key.to_owned();
         let (start, end) = window_bounds(window_ms, now_ms);
         self.write(move |c| {
