@@ -523,13 +523,9 @@ impl Auth {
                     AuthError::InvalidToken
                 }
             })?;
-        let family = self.store.family(&claims.sid).await?;
-        if !family.is_some_and(|f| f.user_id == claims.sub && f.is_active(now_ms)) {
-            return Err(AuthError::InvalidToken);
-        }
         let user = self
             .store
-            .user_by_id(&claims.sub)
+            .active_session_user(&claims.sid, &claims.sub, now_ms)
             .await?
             .ok_or(AuthError::InvalidToken)?;
         Ok(Principal {

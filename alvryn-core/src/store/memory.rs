@@ -90,6 +90,19 @@ impl UserStore for MemoryStore {
         u.password_hash = Some(phc.to_owned());
         Ok(())
     }
+
+    async fn active_session_user(
+        &self,
+        family_id: &str,
+        user_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<User>, StoreError> {
+        let s = self.lock();
+        Ok(s.families
+            .get(family_id)
+            .filter(|f| f.user_id == user_id && f.is_active(now_ms))
+            .and_then(|_| s.users.get(user_id).cloned()))
+    }
 }
 
 #[async_trait]

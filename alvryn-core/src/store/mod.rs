@@ -316,6 +316,19 @@ pub trait UserStore: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::NotFound`] for an unknown user.
     async fn set_password_hash(&self, user_id: &str, phc: &str) -> Result<(), StoreError>;
+
+    /// The user of an authenticated request: `Some` only if the session
+    /// `family_id` belongs to `user_id` and is active (unrevoked,
+    /// unexpired) at `now_ms`. One read where the backend can join.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`], [`StoreError::Corrupt`].
+    async fn active_session_user(
+        &self,
+        family_id: &str,
+        user_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<User>, StoreError>;
 }
 
 /// Sessions: refresh-token families.

@@ -541,6 +541,22 @@ impl UserStore for MongoStore {
             .transpose()
     }
 
+    async fn active_session_user(
+        &self,
+        family_id: &str,
+        user_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<User>, StoreError> {
+        // The whole family is decoded, so a damaged one is an error, not
+        // a session.
+        match self.family(family_id).await? {
+            Some(f) if f.user_id == user_id && f.is_active(now_ms) => {
+                self.user_by_id(user_id).await
+            }
+            _ => Ok(None),
+        }
+    }
+
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
         self.coll(USERS)
             .find_one(doc! { "email": email })

@@ -161,6 +161,12 @@ operations! {
         /** The user. */ user_id: String,
         /** The PHC string. */ phc: String,
     } -> () = |s, r| s.set_password_hash(&r.user_id, &r.phc);
+    /// [`UserStore::active_session_user`].
+    UserStore => ActiveSessionUser {
+        /** The session. */ family_id: String,
+        /** Its user. */ user_id: String,
+        /** Now, Unix milliseconds. */ now_ms: i64,
+    } -> Option<User> = |s, r| s.active_session_user(&r.family_id, &r.user_id, r.now_ms);
 
     /// [`SessionStore::create_family`].
     SessionStore => CreateFamily { /** The family. */ family: RefreshFamily } -> ()
@@ -295,7 +301,11 @@ impl<T> ServiceStore<T> {
 #[async_trait]
 impl<T> UserStore for ServiceStore<T>
 where
-    T: Handles<CreateUser> + Handles<UserById> + Handles<UserByEmail> + Handles<SetPasswordHash>,
+    T: Handles<CreateUser>
+        + Handles<UserById>
+        + Handles<UserByEmail>
+        + Handles<SetPasswordHash>
+        + Handles<ActiveSessionUser>,
 {
     async fn create_user(&self, user: &User) -> Result<(), StoreError> {
         self.op(CreateUser::new(user.clone())).await
@@ -309,6 +319,19 @@ where
     async fn set_password_hash(&self, user_id: &str, phc: &str) -> Result<(), StoreError> {
         self.op(SetPasswordHash::new(user_id.to_owned(), phc.to_owned()))
             .await
+    }
+    async fn active_session_user(
+        &self,
+        family_id: &str,
+        user_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<User>, StoreError> {
+        self.op(ActiveSessionUser::new(
+            family_id.to_owned(),
+            user_id.to_owned(),
+            now_ms,
+        ))
+        .await
     }
 }
 

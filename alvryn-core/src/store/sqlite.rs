@@ -535,6 +535,27 @@ impl UserStore for SqliteStore {
         })
         .await
     }
+
+    async fn active_session_user(
+        &self,
+        family_id: &str,
+        user_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<User>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT u.id, u.email, u.password_hash, u.plan, u.created_at_ms
+                 FROM refresh_families f JOIN users u ON u.id = f.user_id
+                 WHERE f.id = ?1 AND f.user_id = ?2 AND f.revoked_at_ms IS NULL AND f.expires_at_ms > ?3",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![family_id, user_id, now_ms], user_from_row)
+                    .optional()
+            })
+            .map_err(unavailable)?
+            .transpose()
+        })
+    }
 }
 
 #[async_trait]
