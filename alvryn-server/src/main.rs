@@ -6,6 +6,11 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+// A request allocates a few dozen small blocks (headers, JSON, rows);
+// mimalloc's per-thread free lists serve them without glibc's arena locks.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = alvryn_server::cli::Cli::parse();
