@@ -1439,6 +1439,48 @@ async fn purge_removes_only_expired(c: Ctx) {
     assert_eq!(again.fence, 2, "the fence survives a purge");
 }
 
+/// The authenticated-request read: the user only while the session is
+/// theirs and active.
+async fn active_session_user_only_for_an_active_session(c: Ctx) {
+    let (s, now) = (&c.store, c.now);
+    let alice = user("u1", "a@example.com", now);
+    s.create_user(&alice).await.unwrap();
+    s.create_user(&user("u2", "b@example.com", now))
+        .await
+        .unwrap();
+    s.create_family(&family("f1", "u1", "t0", now))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.active_session_user("f1", "u1", now + 1).await.unwrap(),
+        Some(alice)
+    );
+    assert_eq!(
+        s.active_session_user("f1", "u2", now + 1).await.unwrap(),
+        None,
+        "another user's session"
+    );
+    assert_eq!(
+        s.active_session_user("nope", "u1", now + 1).await.unwrap(),
+        None,
+        "an unknown session"
+    );
+    let expires = s.family("f1").await.unwrap().unwrap().expires_at_ms;
+    assert_eq!(
+        s.active_session_user("f1", "u1", expires).await.unwrap(),
+        None,
+        "an expired session"
+    );
+    s.revoke(&revocation("u1", Some("f1"), RevokeReason::Logout, now + 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.active_session_user("f1", "u1", now + 3).await.unwrap(),
+        None,
+        "a revoked session fails its very next check"
+    );
+}
+
 // ------------------------------------------------------------ cases: damaged records
 
 /// Records damaged behind the store's back decode to
@@ -1460,6 +1502,55 @@ async fn corrupt_records_decode_to_errors(c: Ctx) {
         Raw::Mongo(db) => corrupt_mongo(&c, db).await,
         Raw::None => unreachable!("only run on backends with a raw driver"),
     }
+}
+
+/// Another connection (a worker in another process, say) holds the
+/// write lock: reads still answer at once, and a write waits for the lock
+/// and then lands. SQLite only: on MongoDB the server schedules writers.
+async fn a_slow_writer_never_stalls_reads(c: Ctx) {
+    let Raw::Sqlite(path) = &c.raw else {
+        unreachable!("only run on the SQLite backend");
+    };
+    let (s, now) = (&c.store, c.now);
+    s.create_user(&user("u1", "a@example.com", now))
+        .await
+        .unwrap();
+    s.create_family(&family("f1", "u1", "t0", now))
+        .await
+        .unwrap();
+    let (locked_tx, locked_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let path = path.clone();
+    let holder = std::thread::spawn(move || {
+        let db = rusqlite::Connection::open(path).unwrap();
+        db.execute_batch("BEGIN IMMEDIATE; UPDATE users SET plan = plan WHERE id = 'u1';")
+            .unwrap();
+        locked_tx.send(()).unwrap();
+        // Held until the reads below are done; if they waited for this
+        // lock, the case would never get here (the channel guards the
+        // whole suite with a deadline instead of hanging).
+        release_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+        db.execute_batch("COMMIT").unwrap();
+    });
+    locked_rx.recv().unwrap();
+    // Reads while the write lock is held by someone else.
+    assert!(s.user_by_id("u1").await.unwrap().is_some());
+    assert!(s.family("f1").await.unwrap().is_some());
+    assert!(
+        s.active_session_user("f1", "u1", now + 1)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(s.active_families("u1", now + 1).await.unwrap().len(), 1);
+    // A write queues behind the lock, and lands once it is released.
+    let store = Arc::clone(s);
+    let write =
+        tokio::spawn(async move { store.create_user(&user("u2", "b@example.com", now)).await });
+    release_tx.send(()).unwrap();
+    write.await.unwrap().unwrap();
+    holder.join().unwrap();
+    assert!(s.user_by_id("u2").await.unwrap().is_some());
 }
 
 fn assert_corrupt<T: std::fmt::Debug>(r: Result<T, StoreError>, what: &str) {
@@ -1828,6 +1919,8 @@ struct Case {
     run: CaseFn,
     /// Writes damaged records with the backend's own driver.
     needs_raw_driver: bool,
+    /// Holds SQLite's write lock from a connection of its own.
+    sqlite_only: bool,
 }
 
 macro_rules! cases {
@@ -1836,6 +1929,7 @@ macro_rules! cases {
             name: stringify!($name),
             run: |c| Box::pin($name(c)),
             needs_raw_driver: false,
+            sqlite_only: false,
         }),*]
     };
 }
@@ -1866,11 +1960,19 @@ fn cases() -> Vec<Case> {
         expired_and_revoked_tokens_are_rejected,
         twenty_concurrent_signups_one_winner,
         login_upgrades_outdated_password_hashes,
+        active_session_user_only_for_an_active_session,
     ];
+    all.push(Case {
+        name: "a_slow_writer_never_stalls_reads",
+        run: |c| Box::pin(a_slow_writer_never_stalls_reads(c)),
+        needs_raw_driver: true,
+        sqlite_only: true,
+    });
     all.push(Case {
         name: "corrupt_records_decode_to_errors",
         run: |c| Box::pin(corrupt_records_decode_to_errors(c)),
         needs_raw_driver: true,
+        sqlite_only: false,
     });
     all
 }
@@ -1900,6 +2002,7 @@ fn backend_trials(kind: Kind, cases: &[Case], probe: bool) -> Vec<Trial> {
     let cases: Vec<&Case> = cases
         .iter()
         .filter(|c| !c.needs_raw_driver || kind.has_raw_driver())
+        .filter(|c| !c.sqlite_only || matches!(kind, Kind::Sqlite))
         .collect();
     let name = |c: &Case| format!("{}::{}", kind.name(), c.name);
     match kind.availability(probe) {
