@@ -15,15 +15,40 @@
 //!
 //! Every failure is one opaque [`TokenError::Invalid`]; expiry is the only
 //! distinction a client may see, as [`TokenError::Expired`].
+//!
+//! An access token is sent with every request, so each thread remembers
+//! the access tokens it has verified (by their SHA-256, at most
+//! [`VERIFIED_PER_THREAD`], for the [`JwtKeys`] that verified them): the
+//! same bytes verify the same way under the same keys, so a repeat skips
+//! the parsing and the MAC, never the time checks, which run on every use.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 
+use sha2::{Digest, Sha256};
+
 use crate::secret::SecretBytes;
+
+/// The most verified access tokens a thread remembers; when full it
+/// forgets them all (a few hundred kilobytes at most).
+pub const VERIFIED_PER_THREAD: usize = 4096;
+/// Longer tokens are refused unread.
+const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+thread_local! {
+    /// (keys id, SHA-256 of the token) of verified access tokens.
+    static VERIFIED: RefCell<HashMap<(u64, [u8; 32]), Claims>> = RefCell::new(HashMap::new());
+}
+
+/// Gives every `JwtKeys` its own cache namespace.
+static NEXT_KEYS_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Which of the two token kinds a token is. Each is signed with its own
 /// secret and carries its kind in the `typ` claim, so one can never be
@@ -150,6 +175,8 @@ pub struct JwtKeys {
     settings: JwtSettings,
     access: HmacSecrets,
     refresh: HmacSecrets,
+    /// Names this key set in the per-thread cache of verified tokens.
+    id: u64,
 }
 
 const FORBIDDEN_HEADER_FIELDS: &[&str] =
@@ -163,6 +190,7 @@ impl JwtKeys {
             settings,
             access,
             refresh,
+            id: NEXT_KEYS_ID.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -212,7 +240,6 @@ impl JwtKeys {
     /// # Errors
     /// [`TokenError::Invalid`] for anything but an authentic HS256 JWS.
     pub fn verify_signature(&self, kind: TokenKind, token: &str) -> Result<Vec<u8>, TokenError> {
-        const MAX_TOKEN_LEN: usize = 8 * 1024;
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Invalid);
         }
@@ -267,7 +294,23 @@ impl JwtKeys {
     /// [`TokenError::Expired`] for an authentic expired token,
     /// [`TokenError::Invalid`] for everything else.
     pub fn verify(&self, kind: TokenKind, token: &str, now: i64) -> Result<Claims, TokenError> {
-        self.check(kind, token, Some(now))
+        if kind != TokenKind::Access || token.len() > MAX_TOKEN_LEN {
+            // Refresh tokens are used once: remembering them gains nothing.
+            return self.check(kind, token, Some(now));
+        }
+        let key = (self.id, Sha256::digest(token.as_bytes()).into());
+        if let Some(claims) = VERIFIED.with_borrow(|v| v.get(&key).cloned()) {
+            self.check_times(&claims, now)?;
+            return Ok(claims);
+        }
+        let claims = self.check(kind, token, Some(now))?;
+        VERIFIED.with_borrow_mut(|v| {
+            if v.len() >= VERIFIED_PER_THREAD {
+                v.clear();
+            }
+            v.insert(key, claims.clone());
+        });
+        Ok(claims)
     }
 
     /// Like [`JwtKeys::verify`] but accepts expired tokens: for logout,
@@ -294,14 +337,26 @@ impl JwtKeys {
             || claims.sid.is_empty()
             || claims.jti.is_empty()
             || claims.exp <= claims.iat
-            || now.is_some_and(|now| claims.iat > now + s.leeway_secs)
         {
             return Err(TokenError::Invalid);
         }
-        if now.is_some_and(|now| claims.exp + s.leeway_secs <= now) {
-            return Err(TokenError::Expired);
+        if let Some(now) = now {
+            self.check_times(&claims, now)?;
         }
         Ok(claims)
+    }
+
+    /// `iat` not in the future and `exp` not past, at `now` (seconds),
+    /// within the leeway.
+    fn check_times(&self, claims: &Claims, now: i64) -> Result<(), TokenError> {
+        let leeway = self.settings.leeway_secs;
+        if claims.iat > now + leeway {
+            return Err(TokenError::Invalid);
+        }
+        if claims.exp + leeway <= now {
+            return Err(TokenError::Expired);
+        }
+        Ok(())
     }
 }
 
@@ -329,6 +384,45 @@ mod tests {
         let t = k.sign(&c).unwrap();
         assert_eq!(k.sign(&c).unwrap(), t, "HMAC signing is deterministic");
         assert_eq!(k.verify(TokenKind::Access, &t, NOW + 10).unwrap(), c);
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_stays_with_its_keys() {
+        let k = keys(A, R, None);
+        let t = k
+            .sign(&k.claims(TokenKind::Access, "u1", "s1", "j1", NOW))
+            .unwrap();
+        assert!(k.verify(TokenKind::Access, &t, NOW).is_ok());
+        // Remembered now; the time checks still run on every use.
+        assert!(k.verify(TokenKind::Access, &t, NOW + 60).is_ok());
+        assert_eq!(
+            k.verify(TokenKind::Access, &t, NOW + 15 * 60 + 31),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            k.verify(TokenKind::Access, &t, NOW - 31),
+            Err(TokenError::Invalid),
+            "issued in the future"
+        );
+        // Other keys, even with the same settings, verify it afresh.
+        let other = keys(b"another-access-secret-0123456789abcdef01", R, None);
+        assert_eq!(
+            other.verify(TokenKind::Access, &t, NOW),
+            Err(TokenError::Invalid)
+        );
+        // One byte changed is another token, verified afresh.
+        let mut forged = t.clone().into_bytes();
+        let last = forged.len() - 2;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        assert_eq!(
+            k.verify(TokenKind::Access, std::str::from_utf8(&forged).unwrap(), NOW),
+            Err(TokenError::Invalid)
+        );
+        // Never as the other kind.
+        assert_eq!(
+            k.verify(TokenKind::Refresh, &t, NOW),
+            Err(TokenError::Invalid)
+        );
     }
 
     #[test]
