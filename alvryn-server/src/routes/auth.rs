@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -163,14 +163,22 @@ async fn logout_all(State(s): State<AppState>, Bearer(p): Bearer) -> Result<Stat
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn me(Bearer(p): Bearer) -> Json<Value> {
-    let providers: [&str; 0] = [];
-    Json(json!({
-        "id": p.user.id,
-        "email": p.user.email,
-        "plan": p.user.plan,
-        "providers": providers,
-    }))
+/// The body of `GET /auth/me`.
+#[derive(Serialize)]
+struct Me {
+    id: String,
+    email: String,
+    plan: alvryn_core::billing::PlanName,
+    providers: [&'static str; 0],
+}
+
+async fn me(Bearer(p): Bearer) -> Json<Me> {
+    Json(Me {
+        id: p.user.id,
+        email: p.user.email,
+        plan: p.user.plan,
+        providers: [],
+    })
 }
 
 fn rfc3339(ms: i64) -> String {
