@@ -15,6 +15,12 @@
 //! * When the ledger cannot be written (disk full, store down) the cipher
 //!   refuses to encrypt rather than encrypt uncounted. Decryption never
 //!   touches the ledger.
+//! * Under layers (timeouts, limits), a ledger is served by
+//!   [`StoreService`](crate::store::StoreService) as the typed operations
+//!   [`Reserve`](crate::store::service::Reserve) and
+//!   [`Reserved`](crate::store::service::Reserved), and
+//!   [`ServiceStore`](crate::store::ServiceStore) adapts the stack back;
+//!   a timeout there is [`LedgerError::Storage`]: nothing granted.
 //! * At the limit, [`UsageLedger::reserve`] grants nothing and the cipher
 //!   answers [`CipherError::KeyExhausted`](super::CipherError::KeyExhausted):
 //!   rotate the key.
@@ -267,153 +273,6 @@ impl UsageLedger for FileLedger {
     }
 }
 
-/// One [`UsageLedger`] call, for the `tower::Service` view.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub enum LedgerRequest {
-    /// [`UsageLedger::reserve`]: key, count, limit.
-    Reserve(KeyId, u64, u64),
-    /// [`UsageLedger::reserved`].
-    Reserved(KeyId),
-}
-
-/// The answer to a [`LedgerRequest`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum LedgerResponse {
-    /// A grant.
-    Reserved(Reservation),
-    /// A total.
-    Total(u64),
-}
-
-/// A [`UsageLedger`] as a `tower::Service<LedgerRequest>`, so a
-/// store-backed ledger can sit under timeout or retry layers.
-pub struct LedgerService<L> {
-    ledger: Arc<L>,
-}
-
-impl<L> LedgerService<L> {
-    /// Wraps `ledger`.
-    pub fn new(ledger: L) -> Self {
-        Self {
-            ledger: Arc::new(ledger),
-        }
-    }
-}
-
-impl<L> Clone for LedgerService<L> {
-    fn clone(&self) -> Self {
-        Self {
-            ledger: Arc::clone(&self.ledger),
-        }
-    }
-}
-
-impl<L> std::fmt::Debug for LedgerService<L> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LedgerService").finish_non_exhaustive()
-    }
-}
-
-impl<L: UsageLedger> tower::Service<LedgerRequest> for LedgerService<L> {
-    type Response = LedgerResponse;
-    type Error = LedgerError;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<LedgerResponse, LedgerError>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), LedgerError>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: LedgerRequest) -> Self::Future {
-        let l = Arc::clone(&self.ledger);
-        Box::pin(async move {
-            match req {
-                LedgerRequest::Reserve(k, n, limit) => {
-                    l.reserve(&k, n, limit).await.map(LedgerResponse::Reserved)
-                }
-                LedgerRequest::Reserved(k) => l.reserved(&k).await.map(LedgerResponse::Total),
-            }
-        })
-    }
-}
-
-/// A `tower::Service<LedgerRequest>` used as a [`UsageLedger`]. Errors of
-/// layers (a timeout) become [`LedgerError::Storage`]: the cipher then
-/// refuses to encrypt rather than encrypt uncounted.
-#[derive(Clone)]
-pub struct ServiceLedger<S> {
-    service: S,
-}
-
-impl<S> ServiceLedger<S> {
-    /// Wraps `service`.
-    pub fn new(service: S) -> Self {
-        Self { service }
-    }
-}
-
-impl<S> std::fmt::Debug for ServiceLedger<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceLedger").finish_non_exhaustive()
-    }
-}
-
-impl<S> ServiceLedger<S>
-where
-    S: tower::Service<LedgerRequest, Response = LedgerResponse> + Clone + Send + Sync + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::Future: Send,
-{
-    async fn call(&self, req: LedgerRequest) -> Result<LedgerResponse, LedgerError> {
-        use tower::ServiceExt as _;
-        self.service
-            .clone()
-            .oneshot(req)
-            .await
-            .map_err(|e| crate::service::from_layer(e, LedgerError::Storage))
-    }
-}
-
-#[async_trait]
-impl<S> UsageLedger for ServiceLedger<S>
-where
-    S: tower::Service<LedgerRequest, Response = LedgerResponse> + Clone + Send + Sync + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::Future: Send,
-{
-    async fn reserve(
-        &self,
-        key: &KeyId,
-        count: u64,
-        limit: u64,
-    ) -> Result<Reservation, LedgerError> {
-        match self
-            .call(LedgerRequest::Reserve(key.clone(), count, limit))
-            .await?
-        {
-            LedgerResponse::Reserved(r) => Ok(r),
-            LedgerResponse::Total(_) => Err(LedgerError::Storage(
-                "the ledger service answered another request".into(),
-            )),
-        }
-    }
-
-    async fn reserved(&self, key: &KeyId) -> Result<u64, LedgerError> {
-        match self.call(LedgerRequest::Reserved(key.clone())).await? {
-            LedgerResponse::Total(n) => Ok(n),
-            LedgerResponse::Reserved(_) => Err(LedgerError::Storage(
-                "the ledger service answered another request".into(),
-            )),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,8 +364,8 @@ mod tests {
         use std::time::Duration;
         let svc = tower::ServiceBuilder::new()
             .timeout(Duration::from_secs(5))
-            .service(LedgerService::new(MemoryLedger::new()));
-        let l = ServiceLedger::new(svc);
+            .service(crate::store::StoreService::new(MemoryLedger::new()));
+        let l = crate::store::ServiceStore::new(svc);
         let k = kid("k");
         assert_eq!(
             l.reserve(&k, 6, 10).await.unwrap(),
@@ -543,9 +402,9 @@ mod tests {
         }
         let svc = tower::ServiceBuilder::new()
             .timeout(Duration::from_millis(10))
-            .service(LedgerService::new(Hung));
+            .service(crate::store::StoreService::new(Hung));
         assert!(matches!(
-            ServiceLedger::new(svc).reserve(&k, 1, 10).await,
+            crate::store::ServiceStore::new(svc).reserve(&k, 1, 10).await,
             Err(LedgerError::Storage(_))
         ));
     }

@@ -66,8 +66,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 pub use backend::{AeadBackend, AeadError, AeadKey, KEY_LEN, NONCE_LEN, TAG_LEN};
 pub use keys::{InvalidKeyId, KeyId, KeyMaterial, KeySet, MAX_KEY_ID_LEN};
 pub use ledger::{
-    FileLedger, LedgerError, LedgerRequest, LedgerResponse, LedgerService, MAX_ENCRYPTIONS_PER_KEY,
-    MemoryLedger, Reservation, ServiceLedger, UsageLedger,
+    FileLedger, LedgerError, MAX_ENCRYPTIONS_PER_KEY, MemoryLedger, Reservation, UsageLedger,
 };
 
 use crate::secret::SecretBytes;
