@@ -404,7 +404,9 @@ mod tests {
             .timeout(Duration::from_millis(10))
             .service(crate::store::StoreService::new(Hung));
         assert!(matches!(
-            crate::store::ServiceStore::new(svc).reserve(&k, 1, 10).await,
+            crate::store::ServiceStore::new(svc)
+                .reserve(&k, 1, 10)
+                .await,
             Err(LedgerError::Storage(_))
         ));
     }

@@ -415,7 +415,11 @@ mod tests {
         let last = forged.len() - 2;
         forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
         assert_eq!(
-            k.verify(TokenKind::Access, std::str::from_utf8(&forged).unwrap(), NOW),
+            k.verify(
+                TokenKind::Access,
+                std::str::from_utf8(&forged).unwrap(),
+                NOW
+            ),
             Err(TokenError::Invalid)
         );
         // Never as the other kind.
