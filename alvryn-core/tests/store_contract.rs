@@ -1347,6 +1347,19 @@ async fn window_counters_exact_under_50_concurrent_hits(c: Ctx) {
     // Another key is independent.
     let h = c.store.hit("login:5.6.7.8", w, now).await.unwrap();
     assert_eq!((h.count, h.resets_at_ms), (1, end));
+    // So is the same key counted over another window length, even when
+    // both windows start at the same instant (an hour starts on a minute).
+    let hour = 3_600_000;
+    let start = now.div_euclid(hour) * hour;
+    let h = c.store.hit("login:1.2.3.4", hour, start).await.unwrap();
+    assert_eq!((h.count, h.resets_at_ms), (1, start + hour));
+    let h = c.store.hit("login:1.2.3.4", w, start).await.unwrap();
+    assert_eq!(h.resets_at_ms, start + w);
+    let h2 = c.store.hit("login:1.2.3.4", hour, start).await.unwrap();
+    assert_eq!(
+        h2.count, 2,
+        "the hour counter did not see the minute's hits"
+    );
 }
 
 async fn purge_removes_only_expired(c: Ctx) {
@@ -1551,6 +1564,41 @@ async fn a_slow_writer_never_stalls_reads(c: Ctx) {
     write.await.unwrap().unwrap();
     holder.join().unwrap();
     assert!(s.user_by_id("u2").await.unwrap().is_some());
+}
+
+/// A caller that gives up (a timeout layer) while its write waits for
+/// the lock: the write is never applied later behind its back.
+async fn a_write_whose_caller_gave_up_is_not_applied(c: Ctx) {
+    let Raw::Sqlite(path) = &c.raw else {
+        unreachable!("only run on the SQLite backend");
+    };
+    let (s, now) = (&c.store, c.now);
+    let impatient = ServiceStore::new(
+        tower::ServiceBuilder::new()
+            .timeout(Duration::from_millis(50))
+            .service(StoreService::from_arc(Arc::clone(s))),
+    );
+    let db = rusqlite::Connection::open(path).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let r = alvryn_core::store::UserStore::create_user(
+        &impatient,
+        &user("u-late", "late@example.com", now),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(StoreError::Unavailable(_))),
+        "the timeout layer answers: {r:?}"
+    );
+    db.execute_batch("COMMIT").unwrap();
+    // Writes run in order: once this one is done, so is the abandoned one.
+    s.create_user(&user("u-next", "next@example.com", now))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.user_by_id("u-late").await.unwrap(),
+        None,
+        "a write whose caller had gone was applied"
+    );
 }
 
 fn assert_corrupt<T: std::fmt::Debug>(r: Result<T, StoreError>, what: &str) {
@@ -1962,6 +2010,12 @@ fn cases() -> Vec<Case> {
         login_upgrades_outdated_password_hashes,
         active_session_user_only_for_an_active_session,
     ];
+    all.push(Case {
+        name: "a_write_whose_caller_gave_up_is_not_applied",
+        run: |c| Box::pin(a_write_whose_caller_gave_up_is_not_applied(c)),
+        needs_raw_driver: true,
+        sqlite_only: true,
+    });
     all.push(Case {
         name: "a_slow_writer_never_stalls_reads",
         run: |c| Box::pin(a_slow_writer_never_stalls_reads(c)),

@@ -28,7 +28,8 @@ struct State {
     records: BTreeMap<NsKey, Record>,
     versioned: HashMap<NsKey, Versioned>,
     leases: HashMap<String, Lease>,
-    counters: HashMap<(String, i64), (u64, i64)>,
+    /// (key, window length, window start) -> (count, window end).
+    counters: HashMap<(String, i64, i64), (u64, i64)>,
 }
 
 /// In-memory store. Cheap to clone; clones share state.
@@ -186,13 +187,16 @@ impl AuditLog for MemoryStore {
     }
 
     async fn audit_events(&self, user_id: &str) -> Result<Vec<AuditEvent>, StoreError> {
-        Ok(self
+        let mut v: Vec<AuditEvent> = self
             .lock()
             .audit
             .iter()
             .filter(|e| e.user_id == user_id)
             .cloned()
-            .collect())
+            .collect();
+        // Stable: events at one instant stay in the order recorded.
+        v.sort_by_key(|e| e.at_ms);
+        Ok(v)
     }
 }
 
@@ -398,7 +402,7 @@ impl WindowCounters for MemoryStore {
         let mut s = self.lock();
         let c = s
             .counters
-            .entry((key.to_owned(), start))
+            .entry((key.to_owned(), window_ms.max(1), start))
             .or_insert((0, end));
         c.0 += 1;
         Ok(WindowCount {

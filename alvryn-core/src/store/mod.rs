@@ -42,7 +42,11 @@
 //!   closed: a `revoked_at` that is not a time is an error, never "not
 //!   revoked".
 //! * The backend is unreachable or fails: [`StoreError::Unavailable`],
-//!   with nothing written. A write that returned `Ok` is durable.
+//!   and the write was not applied, with one exception: a write already
+//!   handed to the backend when a layer gave up on it (a timeout) or the
+//!   server failed its write concern has an unknown outcome. The
+//!   embedded store never runs a write whose caller has gone. A write
+//!   that returned `Ok` is durable.
 //! * Expiry is checked in every query against the caller's clock
 //!   (`now_ms`); nothing relies on a TTL monitor for correctness.
 //!   [`Purge::purge_expired`] only reclaims space.
@@ -333,9 +337,10 @@ pub trait UserStore: Send + Sync + 'static {
 
 /// Sessions: refresh-token families.
 ///
-/// A family is returned by [`family`](SessionStore::family) until it is
-/// purged, expired or revoked; only [`active_families`] and rotation look
-/// at expiry and revocation.
+/// A family is returned by [`family`](SessionStore::family), active or
+/// not, until it is purged; [`active_families`], rotation and
+/// [`UserStore::active_session_user`] are what look at expiry and
+/// revocation.
 ///
 /// [`active_families`]: SessionStore::active_families
 #[async_trait]
@@ -404,7 +409,8 @@ pub trait AuditLog: Send + Sync + 'static {
     /// [`StoreError::Unavailable`].
     async fn record_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
 
-    /// A user's audit events, oldest first.
+    /// A user's audit events, oldest first (by time; events of one
+    /// instant in the order recorded).
     ///
     /// # Errors
     /// [`StoreError::Unavailable`], [`StoreError::Corrupt`].

@@ -35,8 +35,10 @@
 //!
 //! # Atomicity
 //!
-//! Each operation is one atomic single-document command (or an insert
-//! followed by one such command), never a read-then-write:
+//! Every decision (who wins a key, a rotation, a lease, a grant) is made
+//! by one atomic single-document command on the server; where an
+//! operation takes more than one round trip, the others only read what
+//! the decision left, or retry after losing a race:
 //!
 //! * Rotation is one `findOneAndUpdate` whose filter is the presented
 //!   token's hash, so of concurrent rotations exactly one matches.
@@ -46,7 +48,14 @@
 //!   record is replaced by a `replaceOne` whose filter re-checks the
 //!   expiry, so of concurrent inserters exactly one wins.
 //! * Versioned values are one `updateOne` filtered on an older version,
-//!   with upsert; the duplicate key of a refused upsert means "stale".
+//!   with upsert; the duplicate key of a refused upsert means "stale"
+//!   unless the stored version is older after all (a concurrent first
+//!   insert), in which case the update is retried.
+//! * `create_family` reads the user, then inserts: correct while users
+//!   are never deleted (no API deletes one yet).
+//! * A rotation or lease whose returned document cannot be decoded has
+//!   been applied on the server and is reported as
+//!   [`StoreError::Corrupt`].
 //! * The usage ledger grants with one aggregation-pipeline update that
 //!   computes `min(limit, reserved + count)` on the server.
 //! * The ledger, window counters and leases first update the existing
@@ -847,27 +856,42 @@ impl OneTimeStore for MongoStore {
     async fn put_once(&self, item: &OneTimeItem, now_ms: i64) -> Result<(), StoreError> {
         let coll = self.coll(ONE_TIME);
         let d = one_time_doc(item);
-        match coll.insert_one(&d).await {
-            Ok(_) => return Ok(()),
-            Err(e) if is_duplicate_key(&e) => {}
-            Err(e) => return Err(unavailable(e)),
+        // An insert that collides, then a replace that finds nothing, means
+        // the item was taken in between: the key is free again, go round.
+        for _ in 0..3 {
+            match coll.insert_one(&d).await {
+                Ok(_) => return Ok(()),
+                Err(e) if is_duplicate_key(&e) => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+            // Taken: replace it only if it has expired, re-checked atomically.
+            let r = coll
+                .replace_one(
+                    doc! {
+                        "_id": ns_key(&item.ns, &item.key),
+                        "expires_at": { "$lte": date(now_ms) },
+                    },
+                    d.clone(),
+                )
+                .await
+                .map_err(unavailable)?;
+            if r.matched_count == 1 {
+                return Ok(());
+            }
+            match coll
+                .find_one(doc! { "_id": ns_key(&item.ns, &item.key) })
+                .await
+                .map_err(unavailable)?
+            {
+                // Live (the filter refused it), or damaged: say which.
+                Some(existing) => {
+                    Fields::new(&existing, "one-time item").millis("expires_at")?;
+                    return Err(StoreError::Conflict);
+                }
+                None => continue,
+            }
         }
-        // Taken: replace it only if it has expired, re-checked atomically.
-        let r = coll
-            .replace_one(
-                doc! {
-                    "_id": ns_key(&item.ns, &item.key),
-                    "expires_at": { "$lte": date(now_ms) },
-                },
-                d,
-            )
-            .await
-            .map_err(unavailable)?;
-        if r.matched_count == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict)
-        }
+        Err(StoreError::Conflict)
     }
 
     async fn take_once(
@@ -936,29 +960,44 @@ impl RecordStore for MongoStore {
     async fn insert_if_absent(&self, record: &Record) -> Result<(), StoreError> {
         let coll = self.coll(RECORDS);
         let d = record_doc(record);
-        match coll.insert_one(&d).await {
-            Ok(_) => return Ok(()),
-            Err(e) if is_duplicate_key(&e) => {}
-            Err(e) => return Err(unavailable(e)),
+        // An insert that collides, then a replace that finds nothing, means
+        // the record was removed in between: the key is free, go round.
+        for _ in 0..3 {
+            match coll.insert_one(&d).await {
+                Ok(_) => return Ok(()),
+                Err(e) if is_duplicate_key(&e) => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+            // Taken: replace it only if it had expired by the new record's
+            // creation, re-checked atomically (`$lte` never matches a null,
+            // i.e. everlasting, expiry).
+            let r = coll
+                .replace_one(
+                    doc! {
+                        "_id": ns_key(&record.ns, &record.key),
+                        "expires_at": { "$lte": date(record.created_at_ms) },
+                    },
+                    d.clone(),
+                )
+                .await
+                .map_err(unavailable)?;
+            if r.matched_count == 1 {
+                return Ok(());
+            }
+            match coll
+                .find_one(doc! { "_id": ns_key(&record.ns, &record.key) })
+                .await
+                .map_err(unavailable)?
+            {
+                // Live (the filter refused it), or damaged: say which.
+                Some(existing) => {
+                    record_from(&existing)?;
+                    return Err(StoreError::Conflict);
+                }
+                None => continue,
+            }
         }
-        // Taken: replace it only if it had expired by the new record's
-        // creation, re-checked atomically (`$lte` never matches a null,
-        // i.e. everlasting, expiry).
-        let r = coll
-            .replace_one(
-                doc! {
-                    "_id": ns_key(&record.ns, &record.key),
-                    "expires_at": { "$lte": date(record.created_at_ms) },
-                },
-                d,
-            )
-            .await
-            .map_err(unavailable)?;
-        if r.matched_count == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::Conflict)
-        }
+        Err(StoreError::Conflict)
     }
 
     async fn record(&self, ns: &str, key: &str, now_ms: i64) -> Result<Option<Record>, StoreError> {
@@ -1054,9 +1093,10 @@ impl RecordStore for MongoStore {
 impl VersionedStore for MongoStore {
     async fn upsert_versioned(&self, value: &Versioned) -> Result<CasOutcome, StoreError> {
         // Versioned values are never deleted, so after a refused upsert
-        // the stored one is there to read; the loop only guards against
-        // an operator deleting it in between.
-        for _ in 0..3 {
+        // the stored one is there to read. Each round either returns or
+        // lost to a concurrent writer, and versions only grow, so a few
+        // rounds settle any race.
+        for _ in 0..8 {
             let r = self
                 .coll(VERSIONED)
                 .update_one(
@@ -1079,8 +1119,13 @@ impl VersionedStore for MongoStore {
                 Ok(_) => return Err(no_document()),
                 // The key holds a version at least as new (or a damaged
                 // one, which reading reports).
+                // A concurrent upsert may have created the key first with
+                // an *older* version: then ours must still be applied, so
+                // go round again; the update now finds the document.
                 Err(e) if is_duplicate_key(&e) => {
-                    if let Some(current) = self.versioned(&value.ns, &value.key).await? {
+                    if let Some(current) = self.versioned(&value.ns, &value.key).await?
+                        && current.version >= value.version
+                    {
                         return Ok(CasOutcome::Stale {
                             current: current.version,
                         });
@@ -1236,7 +1281,7 @@ impl LeaseStore for MongoStore {
 impl WindowCounters for MongoStore {
     async fn hit(&self, key: &str, window_ms: i64, now_ms: i64) -> Result<WindowCount, StoreError> {
         let (start, end) = window_bounds(window_ms, now_ms);
-        let id = doc! { "key": key, "start": date(start) };
+        let id = doc! { "key": key, "window_ms": window_ms.max(1), "start": date(start) };
         let coll = self.coll(COUNTERS);
         let counted = |d: &Document| {
             Ok(WindowCount {

@@ -12,7 +12,9 @@ use super::StoreError;
 use crate::secret::SecretBytes;
 
 /// A one-time item: put once, taken at most once, never after it expires.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Its `Debug` shows neither the key (an exchange code is a bearer
+/// secret) nor the value.
+#[derive(Clone, PartialEq, Eq)]
 pub struct OneTimeItem {
     /// Namespace, e.g. `oauth_state`.
     pub ns: String,
@@ -22,6 +24,17 @@ pub struct OneTimeItem {
     pub value: SecretBytes,
     /// Expiry, Unix milliseconds.
     pub expires_at_ms: i64,
+}
+
+impl std::fmt::Debug for OneTimeItem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OneTimeItem")
+            .field("ns", &self.ns)
+            .field("key", &"[redacted]")
+            .field("value", &self.value)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish()
+    }
 }
 
 /// One-time items with a time to live.
@@ -268,7 +281,8 @@ pub struct WindowCount {
 
 /// Counters in fixed windows: a window of `window_ms` starts at every
 /// multiple of `window_ms` since the epoch, so every instance agrees on
-/// its bounds.
+/// its bounds. A counter is named by its key *and* its window length: one
+/// key counted over a minute and over an hour gives two counters.
 #[async_trait]
 pub trait WindowCounters: Send + Sync + 'static {
     /// Adds one to the counter of `key` in the window containing `now_ms`
@@ -310,4 +324,33 @@ pub(crate) fn window_bounds(window_ms: i64, now_ms: i64) -> (i64, i64) {
     let w = window_ms.max(1);
     let start = now_ms.div_euclid(w) * w;
     (start, start.saturating_add(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_one_time_item_prints_neither_key_nor_value() {
+        let item = OneTimeItem {
+            ns: "exchange_code".into(),
+            key: "code-4f1c2a".into(),
+            value: SecretBytes::copy_from(b"verifier-and-nonce"),
+            expires_at_ms: 1,
+        };
+        let printed = format!("{item:?}");
+        assert!(!printed.contains("code-4f1c2a"), "{printed}");
+        assert!(!printed.contains("verifier"), "{printed}");
+        let op =
+            crate::store::service::TakeOnce::new("exchange_code".into(), "code-4f1c2a".into(), 1);
+        assert!(!format!("{op:?}").contains("code-4f1c2a"));
+    }
+
+    #[test]
+    fn windows_start_at_multiples_of_their_length() {
+        assert_eq!(window_bounds(60_000, 125_000), (120_000, 180_000));
+        assert_eq!(window_bounds(60_000, 120_000), (120_000, 180_000));
+        assert_eq!(window_bounds(0, 5), (5, 6), "a zero length counts as 1 ms");
+        assert_eq!(window_bounds(1000, -1), (-1000, 0));
+    }
 }

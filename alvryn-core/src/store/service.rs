@@ -112,9 +112,17 @@ macro_rules! operations {
             = |$s:ident, $r:ident| $call:expr;
     )*) => {$(
         $(#[$doc])*
-        #[derive(Clone, Debug)]
+        #[derive(Clone)]
         #[non_exhaustive]
         pub struct $Op { $( $(#[$fdoc])* pub $field: $fty ),* }
+
+        // Only the operation's name: a request may carry a secret key (a
+        // one-time code) or a password hash.
+        impl std::fmt::Debug for $Op {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($Op)).finish_non_exhaustive()
+            }
+        }
 
         impl $Op {
             /// The request.

@@ -39,7 +39,6 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -138,10 +137,11 @@ const MIGRATIONS: &[&str] = &[
      ) STRICT;
      CREATE TABLE window_counters (
         key TEXT NOT NULL,
+        window_ms INTEGER NOT NULL,
         window_start_ms INTEGER NOT NULL,
         count INTEGER NOT NULL,
         expires_at_ms INTEGER NOT NULL,
-        PRIMARY KEY (key, window_start_ms)
+        PRIMARY KEY (key, window_ms, window_start_ms)
      ) STRICT, WITHOUT ROWID;
      CREATE INDEX window_counters_expiry ON window_counters(expires_at_ms);",
 ];
@@ -152,17 +152,29 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_GROUP: usize = 256;
 /// Most idle reader connections kept per handle.
 const MAX_IDLE_READERS: usize = 16;
+/// Most writes waiting for the writer; a caller beyond it waits for room
+/// (backpressure) instead of growing the queue.
+const MAX_QUEUED_WRITES: usize = 4096;
 
 /// What the writer hands back for a write once the group is committed (or
 /// failed): it answers the waiter.
 type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
-/// One write: runs inside the group's transaction, says whether it
-/// succeeded (else its savepoint is rolled back) and how to answer.
-type Job = Box<dyn FnOnce(&Connection) -> (bool, Answer) + Send>;
+
+/// What the writer does with a job.
+enum Step<'a> {
+    /// Run it inside the group's transaction.
+    Run(&'a Connection),
+    /// Answer it with this failure without running it.
+    Refuse(&'a str),
+}
+
+/// One write: run (or refused), it says whether it succeeded (else its
+/// savepoint is rolled back) and how to answer once the group is done.
+type Job = Box<dyn FnOnce(Step<'_>) -> (bool, Answer) + Send>;
 
 struct Inner {
     path: PathBuf,
-    writes: Mutex<mpsc::Sender<Job>>,
+    writes: tokio::sync::mpsc::Sender<Job>,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -213,15 +225,15 @@ impl SqliteStore {
             })
             .await
             .map_err(StoreError::unavailable)??;
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Job>(MAX_QUEUED_WRITES);
         std::thread::Builder::new()
             .name("alvryn-sqlite-writer".into())
-            .spawn(move || write_loop(&writer, &rx))
+            .spawn(move || write_loop(&writer, &mut rx))
             .map_err(StoreError::unavailable)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
-                writes: Mutex::new(tx),
+                writes: tx,
                 readers: Mutex::new(vec![reader]),
             }),
         })
@@ -262,6 +274,19 @@ impl SqliteStore {
         out
     }
 
+    /// Runs a read that may scan many rows (a listing) on the blocking
+    /// pool, so it never holds an executor thread.
+    async fn read_listing<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.read(f))
+            .await
+            .map_err(StoreError::unavailable)?
+    }
+
     /// Queues a write for the writer and waits until its group is
     /// committed.
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -270,21 +295,33 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
-        let job: Job = Box::new(move |c| {
+        let job: Job = Box::new(move |step| {
+            let c = match step {
+                // A caller that gave up (a timeout layer, a dropped
+                // request) before its write ran: the write is not applied.
+                Step::Run(_) if tx.is_closed() => {
+                    return (true, Box::new(|_: Option<&str>| {}) as Answer);
+                }
+                Step::Run(c) => c,
+                Step::Refuse(why) => {
+                    let _ = tx.send(Err(StoreError::Unavailable(why.to_owned().into())));
+                    return (false, Box::new(|_: Option<&str>| {}) as Answer);
+                }
+            };
             let out = f(c);
             let ok = out.is_ok();
             let answer: Answer = Box::new(move |commit_error| {
                 let _ = tx.send(match commit_error {
                     None => out,
-                    Some(e) => Err(StoreError::Unavailable(
-                        format!("the commit failed: {e}").into(),
-                    )),
+                    Some(e) => Err(StoreError::Unavailable(e.to_owned().into())),
                 });
             });
             (ok, answer)
         });
-        lock(&self.inner.writes)
+        self.inner
+            .writes
             .send(job)
+            .await
             .map_err(|_| writer_gone())?;
         rx.await.map_err(|_| writer_gone())?
     }
@@ -343,8 +380,13 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 
 /// The writer thread: group pending writes into one transaction and one
 /// sync. Ends when every handle is dropped.
-fn write_loop(conn: &Connection, jobs: &mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
+///
+/// If SQLite abandons the transaction mid-group (it rolls back on its own
+/// after some I/O errors, a full disk, no memory), no later write of the
+/// group runs outside it: every write of the group is answered as failed
+/// and none is applied.
+fn write_loop(conn: &Connection, jobs: &mut tokio::sync::mpsc::Receiver<Job>) {
+    while let Some(first) = jobs.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match jobs.try_recv() {
@@ -352,25 +394,49 @@ fn write_loop(conn: &Connection, jobs: &mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        if !conn.is_autocommit() {
+            // Left over from a failure both COMMIT and ROLLBACK hit.
+            let _ = conn.execute_batch("ROLLBACK");
+        }
         if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let why = format!("the embedded store could not start a write: {e}");
             tracing::error!(error = %e, writes = group.len(), "the embedded store could not start a write");
-            // Dropping a job drops its answer channel: the waiter sees the
-            // store as unavailable.
-            drop(group);
+            for job in group {
+                let _ = job(Step::Refuse(&why));
+            }
             continue;
         }
         let mut answers = Vec::with_capacity(group.len());
+        let mut broken: Option<String> = None;
         for job in group {
-            if conn.execute_batch("SAVEPOINT w").is_err() {
+            if let Some(why) = &broken {
+                let _ = job(Step::Refuse(why));
                 continue;
             }
-            let (ok, answer) = match catch_unwind(AssertUnwindSafe(|| job(conn))) {
+            if conn.is_autocommit() {
+                broken = Some("the write transaction was rolled back".into());
+                let _ = job(Step::Refuse("the write transaction was rolled back"));
+                continue;
+            }
+            if let Err(e) = conn.execute_batch("SAVEPOINT w") {
+                broken = Some(format!("the embedded store could not start a write: {e}"));
+                let _ = job(Step::Refuse("the embedded store could not start a write"));
+                continue;
+            }
+            let (ok, answer) = match catch_unwind(AssertUnwindSafe(|| job(Step::Run(conn)))) {
                 Ok(r) => r,
                 Err(_) => {
                     tracing::error!("a write to the embedded store panicked; rolled back");
                     (false, Box::new(|_: Option<&str>| {}) as Answer)
                 }
             };
+            answers.push(answer);
+            if conn.is_autocommit() {
+                // The job's statement made SQLite roll the whole
+                // transaction back: nothing of the group survives.
+                broken = Some("the write transaction was rolled back".into());
+                continue;
+            }
             let end = if ok {
                 "RELEASE w"
             } else {
@@ -378,16 +444,24 @@ fn write_loop(conn: &Connection, jobs: &mpsc::Receiver<Job>) {
             };
             if let Err(e) = conn.execute_batch(end) {
                 tracing::error!(error = %e, "the embedded store could not end a savepoint");
+                broken = Some(format!("the embedded store could not end a write: {e}"));
             }
-            answers.push(answer);
         }
-        match conn.execute_batch("COMMIT") {
-            Ok(()) => answers.into_iter().for_each(|a| a(None)),
-            Err(e) => {
-                tracing::error!(error = %e, writes = answers.len(), "the embedded store could not commit");
-                let _ = conn.execute_batch("ROLLBACK");
-                let msg = e.to_string();
-                answers.into_iter().for_each(|a| a(Some(&msg)));
+        let failure = match broken {
+            Some(why) => Some(why),
+            None => conn
+                .execute_batch("COMMIT")
+                .err()
+                .map(|e| format!("the commit failed: {e}")),
+        };
+        match failure {
+            None => answers.into_iter().for_each(|a| a(None)),
+            Some(why) => {
+                tracing::error!(error = %why, writes = answers.len(), "the embedded store could not commit");
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                answers.into_iter().for_each(|a| a(Some(&why)));
             }
         }
     }
@@ -657,7 +731,8 @@ impl SessionStore for SqliteStore {
         user_id: &str,
         now_ms: i64,
     ) -> Result<Vec<RefreshFamily>, StoreError> {
-        self.read(|c| {
+        let user_id = user_id.to_owned();
+        self.read_listing(move |c| {
             let mut stmt = c
                 .prepare_cached(&format!(
                     "SELECT {FAMILY_COLS} FROM refresh_families
@@ -670,6 +745,7 @@ impl SessionStore for SqliteStore {
                 .map_err(unavailable)?;
             rows.map(|r| r.map_err(unavailable)?).collect()
         })
+        .await
     }
 }
 
@@ -697,9 +773,10 @@ impl AuditLog for SqliteStore {
     }
 
     async fn audit_events(&self, user_id: &str) -> Result<Vec<AuditEvent>, StoreError> {
-        self.read(|c| {
+        let user_id = user_id.to_owned();
+        self.read_listing(move |c| {
             let mut stmt = c
-                .prepare_cached("SELECT at_ms, kind, user_id, family_id FROM audit_events WHERE user_id = ?1 ORDER BY seq")
+                .prepare_cached("SELECT at_ms, kind, user_id, family_id FROM audit_events WHERE user_id = ?1 ORDER BY at_ms, seq")
                 .map_err(unavailable)?;
             let rows = stmt
                 .query_map([user_id], |r| {
@@ -713,6 +790,7 @@ impl AuditLog for SqliteStore {
                 .map_err(unavailable)?;
             rows.map(|r| r.map_err(unavailable)).collect()
         })
+        .await
     }
 }
 
@@ -946,7 +1024,8 @@ impl RecordStore for SqliteStore {
         } else {
             i64::try_from(filter.limit).unwrap_or(i64::MAX)
         };
-        self.read(|c| {
+        let (ns, filter) = (ns.to_owned(), filter.clone());
+        self.read_listing(move |c| {
             let mut stmt = c
                 .prepare_cached(&format!(
                     "SELECT {RECORD_COLS} FROM records
@@ -969,6 +1048,7 @@ impl RecordStore for SqliteStore {
                 .map_err(unavailable)?;
             rows.map(|r| r.map_err(unavailable)?).collect()
         })
+        .await
     }
 
     async fn remove_record(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
@@ -1128,11 +1208,14 @@ impl WindowCounters for SqliteStore {
         self.write(move |c| {
             let count: i64 = c
                 .prepare_cached(
-                    "INSERT INTO window_counters (key, window_start_ms, count, expires_at_ms) VALUES (?1, ?2, 1, ?3)
-                     ON CONFLICT(key, window_start_ms) DO UPDATE SET count = count + 1
+                    "INSERT INTO window_counters (key, window_ms, window_start_ms, count, expires_at_ms)
+                     VALUES (?1, ?2, ?3, 1, ?4)
+                     ON CONFLICT(key, window_ms, window_start_ms) DO UPDATE SET count = count + 1
                      RETURNING count",
                 )
-                .and_then(|mut s| s.query_row(params![key, start, end], |r| r.get(0)))
+                .and_then(|mut s| {
+                    s.query_row(params![key, window_ms.max(1), start, end], |r| r.get(0))
+                })
                 .map_err(unavailable)?;
             Ok(WindowCount {
                 count: u64::try_from(count).unwrap_or(0),

@@ -37,7 +37,7 @@ use sha2::{Digest, Sha256};
 use crate::secret::SecretBytes;
 
 /// The most verified access tokens a thread remembers; when full it
-/// forgets them all (a few hundred kilobytes at most).
+/// forgets them all. About 2 MB per thread at most.
 pub const VERIFIED_PER_THREAD: usize = 4096;
 /// Longer tokens are refused unread.
 const MAX_TOKEN_LEN: usize = 8 * 1024;
