@@ -467,8 +467,13 @@ fn write_loop(conn: &Connection, jobs: &mut tokio::sync::mpsc::Receiver<Job>) {
     }
 }
 
-const FAMILY_COLS: &str = "id, user_id, created_at_ms, last_used_at_ms, expires_at_ms, user_agent, current_hash, \
-     current_jti, current_issued_at, previous_hash, previous_rotated_at_ms, revoked_at_ms, revoke_reason, generation";
+/// The columns of a family, in `family_from_row` order.
+macro_rules! family_cols {
+    () => {
+        "id, user_id, created_at_ms, last_used_at_ms, expires_at_ms, user_agent, current_hash, \
+     current_jti, current_issued_at, previous_hash, previous_rotated_at_ms, revoked_at_ms, revoke_reason, generation"
+    };
+}
 
 fn user_from_row(r: &Row<'_>) -> rusqlite::Result<Result<User, StoreError>> {
     let plan: String = r.get(3)?;
@@ -676,8 +681,10 @@ impl SessionStore for SqliteStore {
 
     async fn family(&self, id: &str) -> Result<Option<RefreshFamily>, StoreError> {
         self.read(|c| {
-            c.prepare_cached(&format!(
-                "SELECT {FAMILY_COLS} FROM refresh_families WHERE id = ?1"
+            c.prepare_cached(concat!(
+                "SELECT ",
+                family_cols!(),
+                " FROM refresh_families WHERE id = ?1"
             ))
             .and_then(|mut s| s.query_row([id], family_from_row).optional())
             .map_err(unavailable)?
@@ -734,8 +741,10 @@ impl SessionStore for SqliteStore {
         let user_id = user_id.to_owned();
         self.read_listing(move |c| {
             let mut stmt = c
-                .prepare_cached(&format!(
-                    "SELECT {FAMILY_COLS} FROM refresh_families
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    family_cols!(),
+                    " FROM refresh_families
                      WHERE user_id = ?1 AND revoked_at_ms IS NULL AND expires_at_ms > ?2
                      ORDER BY created_at_ms DESC, id DESC"
                 ))
@@ -903,8 +912,12 @@ impl OneTimeStore for SqliteStore {
     }
 }
 
-const RECORD_COLS: &str =
-    "ns, key, owner, status, data, created_at_ms, updated_at_ms, expires_at_ms";
+/// The columns of a record, in `record_from_row` order.
+macro_rules! record_cols {
+    () => {
+        "ns, key, owner, status, data, created_at_ms, updated_at_ms, expires_at_ms"
+    };
+}
 
 fn record_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Record, StoreError>> {
     let status: i64 = r.get(3)?;
@@ -945,13 +958,11 @@ impl RecordStore for SqliteStore {
         self.write(move |c| {
             // An expired record under the key is replaced; a live one wins.
             let n = c
-                .prepare_cached(&format!(
-                    "INSERT INTO records ({RECORD_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                .prepare_cached(concat!("INSERT INTO records (", record_cols!(), ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                      ON CONFLICT(ns, key) DO UPDATE SET owner = excluded.owner, status = excluded.status,
                         data = excluded.data, created_at_ms = excluded.created_at_ms,
                         updated_at_ms = excluded.updated_at_ms, expires_at_ms = excluded.expires_at_ms
-                     WHERE records.expires_at_ms IS NOT NULL AND records.expires_at_ms <= excluded.created_at_ms"
-                ))
+                     WHERE records.expires_at_ms IS NOT NULL AND records.expires_at_ms <= excluded.created_at_ms"))
                 .and_then(|mut s| {
                     s.execute(params![
                         r.ns,
@@ -976,8 +987,10 @@ impl RecordStore for SqliteStore {
 
     async fn record(&self, ns: &str, key: &str, now_ms: i64) -> Result<Option<Record>, StoreError> {
         self.read(|c| {
-            c.prepare_cached(&format!(
-                "SELECT {RECORD_COLS} FROM records
+            c.prepare_cached(concat!(
+                "SELECT ",
+                record_cols!(),
+                " FROM records
                  WHERE ns = ?1 AND key = ?2 AND (expires_at_ms IS NULL OR expires_at_ms > ?3)"
             ))
             .and_then(|mut s| {
@@ -1027,8 +1040,10 @@ impl RecordStore for SqliteStore {
         let (ns, filter) = (ns.to_owned(), filter.clone());
         self.read_listing(move |c| {
             let mut stmt = c
-                .prepare_cached(&format!(
-                    "SELECT {RECORD_COLS} FROM records
+                .prepare_cached(concat!(
+                    "SELECT ",
+                    record_cols!(),
+                    " FROM records
                      WHERE ns = ?1 AND (?2 IS NULL OR owner = ?2) AND (?3 IS NULL OR status = ?3)
                        AND (expires_at_ms IS NULL OR expires_at_ms > ?4)
                      ORDER BY created_at_ms, key LIMIT ?5"
