@@ -851,47 +851,63 @@ fn one_time_doc(item: &OneTimeItem) -> Document {
     }
 }
 
+/// Inserts `d` unless a live document holds its `_id`: a document whose
+/// `expires_at` is at or before `now_ms` is replaced, re-checked
+/// atomically by the replace's filter (`$lte` never matches a null, i.e.
+/// everlasting, expiry), so of concurrent inserters exactly one wins. An
+/// insert that collides, then a replace that finds nothing, means the
+/// holder was removed in between: the key is free again, go round. The
+/// holder that refused us is decoded by `check`, so a damaged one is
+/// [`StoreError::Corrupt`], not a conflict.
+async fn insert_unless_live(
+    coll: &Collection<Document>,
+    d: Document,
+    now_ms: i64,
+    check: impl Fn(&Document) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+    for _ in 0..3 {
+        match coll.insert_one(&d).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_duplicate_key(&e) => {}
+            Err(e) => return Err(unavailable(e)),
+        }
+        let r = coll
+            .replace_one(
+                doc! { "_id": id.clone(), "expires_at": { "$lte": date(now_ms) } },
+                d.clone(),
+            )
+            .await
+            .map_err(unavailable)?;
+        if r.matched_count == 1 {
+            return Ok(());
+        }
+        if let Some(existing) = coll
+            .find_one(doc! { "_id": id.clone() })
+            .await
+            .map_err(unavailable)?
+        {
+            check(&existing)?;
+            return Err(StoreError::Conflict);
+        }
+    }
+    Err(StoreError::Conflict)
+}
+
 #[async_trait]
 impl OneTimeStore for MongoStore {
     async fn put_once(&self, item: &OneTimeItem, now_ms: i64) -> Result<(), StoreError> {
-        let coll = self.coll(ONE_TIME);
-        let d = one_time_doc(item);
-        // An insert that collides, then a replace that finds nothing, means
-        // the item was taken in between: the key is free again, go round.
-        for _ in 0..3 {
-            match coll.insert_one(&d).await {
-                Ok(_) => return Ok(()),
-                Err(e) if is_duplicate_key(&e) => {}
-                Err(e) => return Err(unavailable(e)),
-            }
-            // Taken: replace it only if it has expired, re-checked atomically.
-            let r = coll
-                .replace_one(
-                    doc! {
-                        "_id": ns_key(&item.ns, &item.key),
-                        "expires_at": { "$lte": date(now_ms) },
-                    },
-                    d.clone(),
-                )
-                .await
-                .map_err(unavailable)?;
-            if r.matched_count == 1 {
-                return Ok(());
-            }
-            match coll
-                .find_one(doc! { "_id": ns_key(&item.ns, &item.key) })
-                .await
-                .map_err(unavailable)?
-            {
-                // Live (the filter refused it), or damaged: say which.
-                Some(existing) => {
-                    Fields::new(&existing, "one-time item").millis("expires_at")?;
-                    return Err(StoreError::Conflict);
-                }
-                None => continue,
-            }
-        }
-        Err(StoreError::Conflict)
+        insert_unless_live(
+            &self.coll(ONE_TIME),
+            one_time_doc(item),
+            now_ms,
+            |existing| {
+                Fields::new(existing, "one-time item")
+                    .millis("expires_at")
+                    .map(|_| ())
+            },
+        )
+        .await
     }
 
     async fn take_once(
@@ -958,46 +974,13 @@ fn record_from(d: &Document) -> Result<Record, StoreError> {
 #[async_trait]
 impl RecordStore for MongoStore {
     async fn insert_if_absent(&self, record: &Record) -> Result<(), StoreError> {
-        let coll = self.coll(RECORDS);
-        let d = record_doc(record);
-        // An insert that collides, then a replace that finds nothing, means
-        // the record was removed in between: the key is free, go round.
-        for _ in 0..3 {
-            match coll.insert_one(&d).await {
-                Ok(_) => return Ok(()),
-                Err(e) if is_duplicate_key(&e) => {}
-                Err(e) => return Err(unavailable(e)),
-            }
-            // Taken: replace it only if it had expired by the new record's
-            // creation, re-checked atomically (`$lte` never matches a null,
-            // i.e. everlasting, expiry).
-            let r = coll
-                .replace_one(
-                    doc! {
-                        "_id": ns_key(&record.ns, &record.key),
-                        "expires_at": { "$lte": date(record.created_at_ms) },
-                    },
-                    d.clone(),
-                )
-                .await
-                .map_err(unavailable)?;
-            if r.matched_count == 1 {
-                return Ok(());
-            }
-            match coll
-                .find_one(doc! { "_id": ns_key(&record.ns, &record.key) })
-                .await
-                .map_err(unavailable)?
-            {
-                // Live (the filter refused it), or damaged: say which.
-                Some(existing) => {
-                    record_from(&existing)?;
-                    return Err(StoreError::Conflict);
-                }
-                None => continue,
-            }
-        }
-        Err(StoreError::Conflict)
+        insert_unless_live(
+            &self.coll(RECORDS),
+            record_doc(record),
+            record.created_at_ms,
+            |existing| record_from(existing).map(|_| ()),
+        )
+        .await
     }
 
     async fn record(&self, ns: &str, key: &str, now_ms: i64) -> Result<Option<Record>, StoreError> {
