@@ -77,19 +77,23 @@ fn restarts_reuse_the_generated_key_and_count_encryptions_durably() {
     assert_eq!(reserved, 2 * 65_536);
 }
 
+/// An instance of one deployment on the embedded store in `data`: every
+/// instance (and every restart) shares the data folder and the public URL,
+/// so the tokens one issues the others accept.
+fn instance_on(data: &std::path::Path) -> Server {
+    let mut c = alvryn();
+    c.env("ALVRYN_DATA_DIR", data)
+        .env("BACKEND_URL", "http://api.localhost");
+    Server::start(c)
+}
+
 #[test]
 fn two_processes_share_the_embedded_store() {
     use serde_json::json;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let start = || {
-        let mut c = alvryn();
-        // Two instances of one deployment: one data folder, one public URL.
-        c.env("ALVRYN_DATA_DIR", &data)
-            .env("BACKEND_URL", "http://api.localhost");
-        Server::start(c)
-    };
-    let (a, b) = (start(), start());
+    // Two instances of one deployment: one data folder, one public URL.
+    let (a, b) = (instance_on(&data), instance_on(&data));
     let pw = "correct horse battery staple";
     let signup = support::post_json(
         a.addr,
@@ -147,12 +151,7 @@ fn an_acknowledged_rotation_survives_kill_9() {
     use serde_json::json;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let start = || {
-        let mut c = alvryn();
-        c.env("ALVRYN_DATA_DIR", &data)
-            .env("BACKEND_URL", "http://api.localhost");
-        Server::start(c)
-    };
+    let start = || instance_on(&data);
     let server = start();
     let signup = support::post_json(
         server.addr,
