@@ -144,6 +144,10 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (key, window_ms, window_start_ms)
      ) STRICT, WITHOUT ROWID;
      CREATE INDEX window_counters_expiry ON window_counters(expires_at_ms);",
+    // 3: the session check of every authenticated request reads the
+    // index alone.
+    "CREATE INDEX refresh_families_session
+        ON refresh_families(id, user_id, revoked_at_ms, expires_at_ms);",
 ];
 
 /// How long a connection waits for another process's lock.
