@@ -2138,16 +2138,22 @@ enum ProcOp {
     RotateFamily,
     LeaseAcquire,
     LedgerReserve,
+    CreateUser,
+    Advance,
+    UpsertVersioned,
 }
 
 impl ProcOp {
-    const ALL: [ProcOp; 6] = [
+    const ALL: [ProcOp; 9] = [
         ProcOp::TakeOnce,
         ProcOp::InsertIfAbsent,
         ProcOp::WindowHits,
         ProcOp::RotateFamily,
         ProcOp::LeaseAcquire,
         ProcOp::LedgerReserve,
+        ProcOp::CreateUser,
+        ProcOp::Advance,
+        ProcOp::UpsertVersioned,
     ];
 
     fn name(self) -> &'static str {
@@ -2158,6 +2164,9 @@ impl ProcOp {
             ProcOp::RotateFamily => "rotate_family",
             ProcOp::LeaseAcquire => "lease_acquire",
             ProcOp::LedgerReserve => "ledger_reserve",
+            ProcOp::CreateUser => "create_user",
+            ProcOp::Advance => "advance",
+            ProcOp::UpsertVersioned => "upsert_versioned",
         }
     }
 
@@ -2262,7 +2271,48 @@ async fn child_attempt(op: ProcOp, s: Arc<SqliteStore>, me: String, now: i64) ->
             Err(LedgerError::LimitReached { .. }) => "limit".into(),
             Err(e) => panic!("reserve: {e}"),
         },
+        ProcOp::CreateUser => {
+            use alvryn_core::store::UserStore;
+            match s.create_user(&user(&me, "race@example.com", now)).await {
+                Ok(()) => format!("won:{me}"),
+                Err(StoreError::Conflict) => "conflict".into(),
+                Err(e) => panic!("create_user: {e:?}"),
+            }
+        }
+        ProcOp::Advance => {
+            let a = Advance {
+                ns: "stripe_event".into(),
+                key: "evt_1".into(),
+                to: 1,
+                data: Some(me.clone().into_bytes()),
+                now_ms: now + 1,
+            };
+            match s.advance(&a).await.unwrap() {
+                true => format!("moved:{me}"),
+                false => "stale".into(),
+            }
+        }
+        ProcOp::UpsertVersioned => {
+            use alvryn_core::store::VersionedStore;
+            let version = versioned_attempt(&me);
+            let mut v = versioned("sub_1", version, now);
+            v.data = me.clone().into_bytes();
+            match s.upsert_versioned(&v).await.unwrap() {
+                CasOutcome::Applied => format!("applied:{version}"),
+                CasOutcome::Stale { current } => {
+                    assert!(current >= version, "{current} refused {version}");
+                    format!("stale:{version}")
+                }
+            }
+        }
     }
+}
+
+/// Attempt `c{child}-{i}` writes version `child * 25 + i + 1`: the two
+/// children together write every version from 1 to 50 once.
+fn versioned_attempt(me: &str) -> i64 {
+    let (child, i) = me.trim_start_matches('c').split_once('-').unwrap();
+    child.parse::<i64>().unwrap() * i64::try_from(ATTEMPTS).unwrap() + i.parse::<i64>().unwrap() + 1
 }
 
 /// A started child: its stdin, its stdout lines, where its stderr goes.
@@ -2393,10 +2443,18 @@ async fn two_processes_setup(op: ProcOp, s: &SqliteStore, now: i64) {
                 .await
                 .unwrap();
         }
+        ProcOp::Advance => {
+            use alvryn_core::store::RecordStore;
+            s.insert_if_absent(&record("stripe_event", "evt_1", "received", now, None))
+                .await
+                .unwrap();
+        }
         ProcOp::InsertIfAbsent
         | ProcOp::WindowHits
         | ProcOp::LeaseAcquire
-        | ProcOp::LedgerReserve => {}
+        | ProcOp::LedgerReserve
+        | ProcOp::CreateUser
+        | ProcOp::UpsertVersioned => {}
     }
 }
 
@@ -2479,6 +2537,36 @@ async fn two_processes_check(op: ProcOp, s: &SqliteStore, now: i64, lines: &[Str
             assert_eq!(totals.len(), n, "overlapping grants: {lines:?}");
             assert_eq!(granted, 100, "{lines:?}");
             assert_eq!(s.reserved(&ledger_key()).await.unwrap(), 100);
+        }
+        ProcOp::CreateUser => {
+            use alvryn_core::store::UserStore;
+            let winners = won("won:");
+            assert_eq!(winners.len(), 1, "exactly one sign-up wins: {lines:?}");
+            assert_eq!(won("conflict").len(), 49, "{lines:?}");
+            let u = s.user_by_email("race@example.com").await.unwrap().unwrap();
+            assert_eq!(u.id, winners[0]);
+        }
+        ProcOp::Advance => {
+            let winners = won("moved:");
+            assert_eq!(winners.len(), 1, "exactly one move wins: {lines:?}");
+            assert_eq!(won("stale").len(), 49, "{lines:?}");
+            let r = s
+                .record("stripe_event", "evt_1", now + 2)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!((r.status, r.data.as_slice()), (1, winners[0].as_bytes()));
+        }
+        ProcOp::UpsertVersioned => {
+            use alvryn_core::store::VersionedStore;
+            // Version 50 is the newest: whatever the order, it is applied
+            // and it is what stays.
+            assert!(
+                lines.iter().any(|l| l == "applied:50"),
+                "the newest version was refused: {lines:?}"
+            );
+            let v = s.versioned("subscription", "sub_1").await.unwrap().unwrap();
+            assert_eq!((v.version, v.data.as_slice()), (50, b"c1-24".as_slice()));
         }
     }
 }
