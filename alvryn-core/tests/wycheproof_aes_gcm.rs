@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 const VECTORS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/testdata/wycheproof/aes_gcm_test.json"
+    "/../testdata/wycheproof/aes_gcm_test.json"
 );
 
 #[derive(Deserialize)]

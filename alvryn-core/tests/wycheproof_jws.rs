@@ -15,7 +15,7 @@ use serde_json::Value;
 
 const PATH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/testdata/wycheproof/json_web_signature_test.json"
+    "/../testdata/wycheproof/json_web_signature_test.json"
 );
 
 /// `invalid` vectors whose `jws` string is byte-for-byte the same as a
