@@ -706,3 +706,64 @@ fn concurrent_tabs_refreshing_at_once_stay_signed_in() {
     .json();
     assert_eq!(sessions["sessions"].as_array().unwrap().len(), 1);
 }
+
+/// The Bearer scheme in any case; every 401 names the scheme (RFC 6750),
+/// and says `invalid_token` when a token was refused; personal data is
+/// never cacheable.
+#[test]
+fn bearer_scheme_challenges_and_no_store() {
+    let api = Api::start(&[]);
+    let a = api.addr();
+    let first = api.signup("scheme@example.com");
+    let access = first["access_token"].as_str().unwrap();
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let r = raw_request(
+            a,
+            "GET",
+            "/auth/me",
+            &[("Authorization", &format!("{scheme} {access}"))],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{scheme}: {}", r.body);
+        assert_eq!(r.header("cache-control"), Some("no-store"), "{scheme}");
+    }
+    let sessions = with_bearer(a, "GET", "/auth/sessions", access);
+    assert_eq!(sessions.status, 200, "{}", sessions.body);
+    assert_eq!(sessions.header("cache-control"), Some("no-store"));
+
+    // No credentials: the bare challenge.
+    let none = raw_request(a, "GET", "/auth/me", &[], b"");
+    assert_eq!((none.status, none.code()), (401, "unauthorized".into()));
+    assert_eq!(none.header("www-authenticate"), Some("Bearer"));
+    // Another scheme, or a refused token: invalid_token.
+    let basic = raw_request(
+        a,
+        "GET",
+        "/auth/me",
+        &[("Authorization", "Basic dXNlcjpwYXNz")],
+        b"",
+    );
+    assert_eq!(basic.status, 401, "{}", basic.body);
+    assert_eq!(
+        basic.header("www-authenticate"),
+        Some(r#"Bearer error="invalid_token""#)
+    );
+    let forged = with_bearer(a, "GET", "/auth/me", "not.a.token");
+    assert_eq!(
+        (forged.status, forged.code()),
+        (401, "invalid_token".into())
+    );
+    assert_eq!(
+        forged.header("www-authenticate"),
+        Some(r#"Bearer error="invalid_token""#)
+    );
+    // A failed login is a 401 too, and names the scheme.
+    let login = post_json(
+        a,
+        "/auth/login",
+        &json!({"email": "scheme@example.com", "password": "wrong password entirely"}),
+        None,
+    );
+    assert_eq!(login.status, 401, "{}", login.body);
+    assert_eq!(login.header("www-authenticate"), Some("Bearer"));
+}

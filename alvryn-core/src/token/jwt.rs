@@ -47,6 +47,38 @@ thread_local! {
     static VERIFIED: RefCell<HashMap<(u64, [u8; 32]), Claims>> = RefCell::new(HashMap::new());
 }
 
+/// A JSON object whose keys are all different. `serde_json` keeps the
+/// last of repeated keys; two readers that disagree on which one wins
+/// (`"alg":"HS256","alg":"none"`) are how confusion attacks start, so a
+/// header with a repeated key is refused outright.
+struct UniqueKeys(serde_json::Map<String, serde_json::Value>);
+
+impl<'de> Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object without repeated keys")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                let mut out = serde_json::Map::new();
+                while let Some((k, v)) = map.next_entry::<String, serde_json::Value>()? {
+                    if out.contains_key(&k) {
+                        return Err(serde::de::Error::custom("a repeated key"));
+                    }
+                    out.insert(k, v);
+                }
+                Ok(UniqueKeys(out))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
 /// Gives every `JwtKeys` its own cache namespace.
 static NEXT_KEYS_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -253,7 +285,7 @@ impl JwtKeys {
             return Err(TokenError::Invalid);
         }
         let header_json = URL_SAFE_NO_PAD.decode(h).map_err(|_| TokenError::Invalid)?;
-        let header: serde_json::Map<String, serde_json::Value> =
+        let UniqueKeys(header) =
             serde_json::from_slice(&header_json).map_err(|_| TokenError::Invalid)?;
         if header.get("alg").and_then(serde_json::Value::as_str) != Some("HS256") {
             return Err(TokenError::Invalid);
@@ -427,6 +459,49 @@ mod tests {
             k.verify(TokenKind::Refresh, &t, NOW),
             Err(TokenError::Invalid)
         );
+    }
+
+    #[test]
+    fn a_header_with_a_repeated_key_is_refused() {
+        use base64::Engine as _;
+        let k = keys(A, R, None);
+        let good = k
+            .sign(&k.claims(TokenKind::Access, "u1", "s1", "j1", NOW))
+            .unwrap();
+        let payload = good.split('.').nth(1).unwrap();
+        let sign = |header: &str| {
+            // A correct MAC over the doctored header: only the header's
+            // form can refuse it.
+            let input = format!("{}.{payload}", URL_SAFE_NO_PAD.encode(header));
+            let mac = jsonwebtoken::crypto::sign(
+                input.as_bytes(),
+                &EncodingKey::from_secret(A),
+                Algorithm::HS256,
+            )
+            .unwrap();
+            format!("{input}.{mac}")
+        };
+        assert!(
+            k.verify(
+                TokenKind::Access,
+                &sign(r#"{"alg":"HS256","typ":"JWT"}"#),
+                NOW
+            )
+            .is_ok(),
+            "the same header without a repeat verifies"
+        );
+        for header in [
+            r#"{"alg":"HS256","alg":"HS256","typ":"JWT"}"#,
+            r#"{"alg":"none","alg":"HS256"}"#,
+            r#"{"alg":"HS256","typ":"JWT","typ":"JWT"}"#,
+            r#"{"alg":"HS256","kid":"a","kid":"b"}"#,
+        ] {
+            assert_eq!(
+                k.verify(TokenKind::Access, &sign(header), NOW),
+                Err(TokenError::Invalid),
+                "{header}"
+            );
+        }
     }
 
     #[test]

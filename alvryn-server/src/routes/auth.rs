@@ -172,13 +172,21 @@ struct Me {
     providers: [&'static str; 0],
 }
 
-async fn me(Bearer(p): Bearer) -> Json<Me> {
-    Json(Me {
+/// Personal data: never kept by a browser or a shared cache.
+fn no_store(body: impl IntoResponse) -> Response {
+    let mut resp = body.into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn me(Bearer(p): Bearer) -> Response {
+    no_store(Json(Me {
         id: p.user.id,
         email: p.user.email,
         plan: p.user.plan,
         providers: [],
-    })
+    }))
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -198,13 +206,13 @@ fn session_json(f: &RefreshFamily, current: &str) -> Value {
     })
 }
 
-async fn sessions(State(s): State<AppState>, Bearer(p): Bearer) -> Result<Json<Value>, ApiError> {
+async fn sessions(State(s): State<AppState>, Bearer(p): Bearer) -> Result<Response, ApiError> {
     let list = s.auth.sessions(&p).await?;
     let items: Vec<Value> = list
         .iter()
         .map(|f| session_json(f, &p.session_id))
         .collect();
-    Ok(Json(json!({ "sessions": items })))
+    Ok(no_store(Json(json!({ "sessions": items }))))
 }
 
 async fn revoke_session(
@@ -236,14 +244,13 @@ impl FromRequestParts<AppState> for Bearer {
                 "an access token is required",
             )
         })?;
+        // The scheme is case-insensitive (RFC 9110 §11.1).
         let token = value
             .to_str()
             .ok()
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or_else(|| {
                 ApiError::new(
