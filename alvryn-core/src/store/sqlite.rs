@@ -331,7 +331,23 @@ impl SqliteStore {
     }
 }
 
+/// Creates the database file readable by its owner only, whatever the
+/// folder's mode and the umask; SQLite gives its `-wal` and `-shm` files
+/// the database file's mode. An existing file is left as it is.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::unavailable(e)),
+    }
+}
+
 fn open_writer(path: &Path) -> Result<Connection, StoreError> {
+    create_private(path)?;
     let mut conn = Connection::open(path).map_err(unavailable)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
     conn.pragma_update(None, "journal_mode", "WAL")
@@ -1265,5 +1281,32 @@ impl Purge for SqliteStore {
             })
         })
         .await
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn database_files_are_private_even_in_an_open_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("data");
+        std::fs::create_dir(&folder).unwrap();
+        std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = folder.join("alvryn.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        // A write, so the WAL and its index exist.
+        store.hit("k", 1000, 0).await.unwrap();
+        for name in ["alvryn.db", "alvryn.db-wal", "alvryn.db-shm"] {
+            let mode = std::fs::metadata(folder.join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name} is {:o}", mode & 0o777);
+        }
     }
 }
