@@ -268,3 +268,56 @@ fn keys_generate_reports_kms_failures_and_leaves_no_file() {
     );
     assert!(!out_file.exists());
 }
+
+/// `--force` replaces a blob only once the new one is written: with KMS
+/// refusing, the old blob is intact and nothing else is left in the
+/// folder; with KMS answering, the blob is replaced whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_generate_force_never_destroys_the_old_blob() {
+    let Some(moto) = moto() else { return };
+    let client = kms_client(&moto);
+    let kms_key = create_kms_key(&client).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("field-key.enc");
+    std::fs::write(&out_file, "OLD-BLOB\n").unwrap();
+    let generate = |key: &str| {
+        let mut c = alvryn();
+        moto_env(&mut c, &moto);
+        c.args([
+            "keys",
+            "generate",
+            "--force",
+            "--kms-key-id",
+            key,
+            "--output",
+        ])
+        .arg(&out_file);
+        run(c)
+    };
+    let failed = generate("alias/no-such-key");
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "OLD-BLOB\n");
+    let names = |d: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(dir.path()),
+        ["field-key.enc"],
+        "no temporary file left"
+    );
+
+    let ok = generate(&kms_key);
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    let blob = std::fs::read_to_string(&out_file).unwrap();
+    assert_ne!(blob, "OLD-BLOB\n");
+    assert!(STANDARD.decode(blob.trim()).is_ok(), "{blob}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&out_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(names(dir.path()), ["field-key.enc"]);
+}

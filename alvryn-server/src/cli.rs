@@ -206,15 +206,28 @@ async fn keys_generate(
         eprintln!("alvryn: --output is required with --kms-key-id");
         return ExitCode::from(EXIT_CONFIG);
     };
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .create_new(!force)
-        .truncate(true)
-        .mode(0o600)
-        .open(&output);
-    let mut file = match file {
-        Ok(f) => f,
+    // Refuse early (before KMS is asked) when the blob exists; the final
+    // step refuses again without a race.
+    if !force && output.exists() {
+        eprintln!(
+            "alvryn: {} exists; pass --force to replace it",
+            output.display()
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let client = crate::keys::kms_client().await;
+    let (key, blob) = match alvryn_core::key::kms::generate_wrapped_key(&client, &kms_key_id).await
+    {
+        Ok(pair) => pair,
+        Err(e) => {
+            // Nothing was written: an existing blob is untouched.
+            eprintln!("alvryn: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let blob_b64 = STANDARD.encode(&blob);
+    match write_new_blob(&output, &blob_b64, force) {
+        Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             eprintln!(
                 "alvryn: {} exists; pass --force to replace it",
@@ -226,23 +239,6 @@ async fn keys_generate(
             eprintln!("alvryn: cannot write {}: {e}", output.display());
             return ExitCode::from(EXIT_FAILURE);
         }
-    };
-    let client = crate::keys::kms_client().await;
-    let (key, blob) = match alvryn_core::key::kms::generate_wrapped_key(&client, &kms_key_id).await
-    {
-        Ok(pair) => pair,
-        Err(e) => {
-            drop(file);
-            // Leave nothing behind that looks like a usable blob.
-            let _ = std::fs::remove_file(&output);
-            eprintln!("alvryn: {e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    let blob_b64 = STANDARD.encode(&blob);
-    if let Err(e) = writeln!(file, "{blob_b64}").and_then(|()| file.sync_all()) {
-        eprintln!("alvryn: cannot write {}: {e}", output.display());
-        return ExitCode::from(EXIT_FAILURE);
     }
     let id = KeyMaterial::fingerprinted(key.clone()).id().clone();
     let plain = Zeroizing::new(STANDARD.encode(key.expose()));
@@ -257,4 +253,49 @@ async fn keys_generate(
     eprintln!("anyone holding it can read every encrypted field.");
     println!("{}", plain.as_str());
     ExitCode::SUCCESS
+}
+
+/// Writes `blob` to `output` (mode 0600) all at once: a temporary file in
+/// the same folder, synced, then renamed over `output` (`force`) or linked
+/// to it only if it does not exist. A failure at any point leaves an
+/// existing `output` as it was and no temporary file behind.
+fn write_new_blob(output: &std::path::Path, blob: &str, force: bool) -> std::io::Result<()> {
+    let folder = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut suffix = [0u8; 8];
+    rand::fill(&mut suffix[..]);
+    let tmp = folder.join(format!(
+        ".{name}.{}.tmp",
+        suffix
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        writeln!(file, "{blob}")?;
+        file.sync_all()?;
+        if force {
+            std::fs::rename(&tmp, output)?;
+        } else {
+            std::fs::hard_link(&tmp, output)?;
+            std::fs::remove_file(&tmp)?;
+        }
+        // The new name is durable once the folder is.
+        std::fs::File::open(&folder)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
