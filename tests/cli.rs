@@ -409,3 +409,24 @@ fn a_taken_port_or_an_unusable_data_folder_is_a_clear_start_up_error() {
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(out.stderr.contains("data folder"), "{}", out.stderr);
 }
+
+/// Without `ALVRYN_ENV`, an instance that shares a database is refused
+/// before it generates a secret of its own, naming what to set.
+#[test]
+fn development_mode_is_refused_on_a_shared_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = alvryn();
+    c.current_dir(dir.path())
+        .env("MONGO_URI", "mongodb://app:dbpassword@127.0.0.1:1/alvryn")
+        .args(["serve", "--bind", "127.0.0.1:0"]);
+    let out = run(c);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    for var in ["JWT_SECRET", "JWT_REFRESH_SECRET", "FIELD_ENCRYPTION_KEY"] {
+        assert!(out.stderr.contains(var), "{var} not named: {}", out.stderr);
+    }
+    assert!(!out.stderr.contains("dbpassword"), "{}", out.stderr);
+    assert!(
+        !dir.path().join("alvryn-data").exists(),
+        "nothing is generated"
+    );
+}

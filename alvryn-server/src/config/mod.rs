@@ -542,6 +542,39 @@ impl Config {
         let google = r.oauth("GOOGLE_CLIENT_ID", "GOOGLE_CLIENT_SECRET");
         let microsoft = r.oauth("MICROSOFT_CLIENT_ID", "MICROSOFT_CLIENT_SECRET");
         let field_keys = r.field_keys();
+        // Development mode generates missing secrets per data folder. Two
+        // instances sharing a database, or one reachable from elsewhere
+        // (behind a load balancer), must never each invent their own.
+        let shared = if mongo_uri.is_some() {
+            Some("MONGO_URI is set")
+        } else if bind.is_some_and(|b| !b.ip().is_loopback()) {
+            Some("the bind address is not loopback")
+        } else {
+            None
+        };
+        if r.mode == Mode::Development
+            && let Some(why) = shared
+        {
+            let generated = [
+                ("JWT_SECRET", jwt_secret.is_none()),
+                ("JWT_REFRESH_SECRET", jwt_refresh_secret.is_none()),
+                (
+                    "FIELD_ENCRYPTION_KEY",
+                    matches!(field_keys, None | Some(FieldKeys::DevGenerated)),
+                ),
+            ];
+            for (var, missing) in generated {
+                if missing {
+                    r.problem(
+                        var,
+                        format!(
+                            "must be set: {why}, and development mode would generate a secret of its own \
+                             for each instance (set it, or ALVRYN_ENV=production)"
+                        ),
+                    );
+                }
+            }
+        }
 
         if !r.problems.is_empty() {
             return Err(ConfigError {

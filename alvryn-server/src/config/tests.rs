@@ -366,3 +366,64 @@ fn previous_jwt_secrets_and_audience_are_read_and_checked() {
     );
     assert_eq!(load(&HashMap::new()).unwrap().jwt_audience, "alvryn");
 }
+
+/// Development mode invents secrets per data folder: refused when the
+/// instance shares a database or listens beyond loopback, naming every
+/// secret to set, never echoing the database URI.
+#[test]
+fn development_with_generated_secrets_is_refused_when_shared() {
+    let vars = |e: &ConfigError| e.problems.iter().map(|p| p.var).collect::<Vec<_>>();
+    let mongo: HashMap<&'static str, String> = [(
+        "MONGO_URI",
+        "mongodb://user:mongopass@db.internal:27017/alvryn".to_owned(),
+    )]
+    .into_iter()
+    .collect();
+    let err = load(&mongo).unwrap_err();
+    assert_eq!(
+        vars(&err),
+        ["JWT_SECRET", "JWT_REFRESH_SECRET", "FIELD_ENCRYPTION_KEY"]
+    );
+    let text = err.to_string();
+    assert!(text.contains("MONGO_URI is set"), "{text}");
+    assert_no_secret(&text, &mongo);
+
+    // Only what would be generated is named.
+    let mut partly = mongo.clone();
+    partly.insert("JWT_SECRET", JWT.to_owned());
+    partly.insert("FIELD_ENCRYPTION_KEY", KEY_B64.to_owned());
+    assert_eq!(vars(&load(&partly).unwrap_err()), ["JWT_REFRESH_SECRET"]);
+
+    // Listening beyond loopback is sharing too.
+    let open: HashMap<&'static str, String> = [("ALVRYN_BIND", "0.0.0.0:8080".to_owned())]
+        .into_iter()
+        .collect();
+    let err = load(&open).unwrap_err();
+    assert_eq!(err.problems.len(), 3);
+    assert!(err.to_string().contains("not loopback"), "{err}");
+    let open_flag = Config::from_lookup(
+        &|_| None,
+        &Overrides {
+            bind: Some("[::]:8080".parse().unwrap()),
+            ..Overrides::default()
+        },
+    );
+    assert!(open_flag.is_err(), "--bind counts as much as ALVRYN_BIND");
+
+    // Every secret set: development on a shared database is fine.
+    let mut full = mongo.clone();
+    full.insert("JWT_SECRET", JWT.to_owned());
+    full.insert("JWT_REFRESH_SECRET", JWT_REFRESH.to_owned());
+    full.insert("FIELD_ENCRYPTION_KEY", KEY_B64.to_owned());
+    assert!(load(&full).is_ok());
+    // And a newcomer on loopback with nothing set still starts.
+    assert!(load(&HashMap::new()).is_ok());
+    let v6 = Config::from_lookup(
+        &|_| None,
+        &Overrides {
+            bind: Some("[::1]:8080".parse().unwrap()),
+            ..Overrides::default()
+        },
+    );
+    assert!(v6.is_ok(), "IPv6 loopback is loopback");
+}
