@@ -5,20 +5,24 @@
 //! their parameters: a hash made with older parameters still verifies, and
 //! [`Verdict::needs_rehash`] tells the caller to replace it.
 //!
-//! Hashing takes ~14 ms of one core, so it runs on Tokio's blocking pool
-//! behind a semaphore with one permit per core: a burst of logins queues
-//! instead of starving other requests, and a caller that waits longer
-//! than the queue timeout gets [`PasswordError::Busy`].
+//! Hashing takes ~14 ms of one core and 19 MiB of memory, so it runs on
+//! a fixed set of worker threads (one per core by default) behind a
+//! bounded queue: a burst of logins queues up to the bound, and every
+//! request beyond it gets [`PasswordError::Busy`] at once, without a
+//! thread or a memory block of its own. Each worker keeps its argon2
+//! memory and reuses it for every verification, so memory after any burst
+//! stays near the idle figure plus one block per worker.
 //!
 //! Unknown users are checked against a dummy hash made with the same
 //! parameters, so "no such email" and "wrong password" take the same time.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
-use tokio::sync::Semaphore;
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use subtle::ConstantTimeEq as _;
 
 use crate::secret::SecretString;
 
@@ -75,15 +79,52 @@ pub struct Verdict {
 pub struct PasswordHasher {
     params: HashParams,
     argon: Arc<Argon2<'static>>,
-    permits: Arc<Semaphore>,
-    queue_timeout: Duration,
+    pool: Arc<Pool>,
     dummy: Arc<str>,
+}
+
+/// A job for a hashing worker, given the worker's reusable memory.
+type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
+
+/// The workers and their bounded queue. Dropping the last handle ends
+/// them.
+struct Pool {
+    jobs: SyncSender<Job>,
+    workers: usize,
+}
+
+impl Pool {
+    fn start(workers: usize, queue: usize) -> Result<Self, PasswordError> {
+        let (jobs, rx) = sync_channel::<Job>(queue);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..workers {
+            let rx = Arc::clone(&rx);
+            std::thread::Builder::new()
+                .name(format!("alvryn-argon2-{i}"))
+                .spawn(move || work(&rx))
+                .map_err(|_| PasswordError::Internal)?;
+        }
+        Ok(Self { jobs, workers })
+    }
+}
+
+/// A worker: one job at a time, its memory kept between jobs.
+fn work(rx: &Mutex<Receiver<Job>>) {
+    let mut memory: Vec<Block> = Vec::new();
+    loop {
+        let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok(job) = job else { return };
+        // A panicking job loses its answer (the caller sees Internal),
+        // not the worker.
+        let _ = catch_unwind(AssertUnwindSafe(|| job(&mut memory)));
+    }
 }
 
 impl std::fmt::Debug for PasswordHasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PasswordHasher")
             .field("params", &self.params)
+            .field("workers", &self.pool.workers)
             .finish_non_exhaustive()
     }
 }
@@ -109,30 +150,66 @@ fn hash_blocking(argon: &Argon2<'_>, password: &str) -> Result<String, PasswordE
         .map_err(|_| PasswordError::Internal)
 }
 
+/// Verifies `password` against a parsed PHC hash, computing in `memory`
+/// (grown once to the largest cost seen, then reused).
+fn verify_in(memory: &mut Vec<Block>, password: &[u8], phc: &PasswordHash<'_>) -> bool {
+    let Ok(algorithm) = Algorithm::try_from(phc.algorithm) else {
+        return false;
+    };
+    let version = match phc.version.map(Version::try_from) {
+        None => Version::V0x13,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let (Ok(params), Some(expected), Some(salt)) = (Params::try_from(phc), phc.hash, phc.salt)
+    else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let need = params.block_count();
+    if memory.len() < need {
+        memory.resize(need, Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(password, salt, &mut out, &mut memory[..need])
+        .is_ok()
+        && bool::from(out.ct_eq(expected.as_bytes()))
+}
+
 impl PasswordHasher {
-    /// A hasher with `params`, one concurrent hash per core, and a queue
-    /// timeout of 10 s. Computes the dummy hash (one hash's time).
+    /// A hasher with `params`, one worker per core and a queue of 16
+    /// hashes per worker. Computes the dummy hash (one hash's time).
     ///
     /// # Errors
-    /// [`PasswordError::Internal`] for parameters argon2 rejects.
+    /// [`PasswordError::Internal`] for parameters argon2 rejects, or when
+    /// the workers cannot be started.
     pub fn new(params: HashParams) -> Result<Self, PasswordError> {
+        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+        Self::with_workers(params, cores, cores * 16)
+    }
+
+    /// A hasher with `workers` threads and room for `queue` waiting
+    /// hashes; beyond that, [`PasswordError::Busy`] at once.
+    ///
+    /// # Errors
+    /// As [`PasswordHasher::new`].
+    pub fn with_workers(
+        params: HashParams,
+        workers: usize,
+        queue: usize,
+    ) -> Result<Self, PasswordError> {
         let argon = argon(params)?;
         let dummy = hash_blocking(&argon, "alvryn dummy password for unknown users")?;
-        let cores = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
         Ok(Self {
             params,
             argon: Arc::new(argon),
-            permits: Arc::new(Semaphore::new(cores)),
-            queue_timeout: Duration::from_secs(10),
+            pool: Arc::new(Pool::start(workers.max(1), queue)?),
             dummy: dummy.into(),
         })
-    }
-
-    /// How long a hash may wait for a free core before [`PasswordError::Busy`].
-    #[must_use]
-    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
-        self.queue_timeout = timeout;
-        self
     }
 
     /// The parameters new hashes use.
@@ -141,26 +218,22 @@ impl PasswordHasher {
         self.params
     }
 
+    /// Runs `f` on a worker, or answers [`PasswordError::Busy`] at once
+    /// when the queue is full.
     async fn on_pool<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Argon2<'static>) -> T + Send + 'static,
+        f: impl FnOnce(&Argon2<'static>, &mut Vec<Block>) -> T + Send + 'static,
     ) -> Result<T, PasswordError> {
-        let permit = tokio::time::timeout(
-            self.queue_timeout,
-            Arc::clone(&self.permits).acquire_owned(),
-        )
-        .await
-        .map_err(|_| PasswordError::Busy)?
-        .map_err(|_| PasswordError::Internal)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let argon = Arc::clone(&self.argon);
-        let out = tokio::task::spawn_blocking(move || {
-            let out = f(&argon);
-            drop(permit);
-            out
-        })
-        .await
-        .map_err(|_| PasswordError::Internal)?;
-        Ok(out)
+        let job: Job = Box::new(move |memory| {
+            let _ = tx.send(f(&argon, memory));
+        });
+        self.pool.jobs.try_send(job).map_err(|e| match e {
+            TrySendError::Full(_) => PasswordError::Busy,
+            TrySendError::Disconnected(_) => PasswordError::Internal,
+        })?;
+        rx.await.map_err(|_| PasswordError::Internal)
     }
 
     /// A PHC string for `password`.
@@ -169,7 +242,8 @@ impl PasswordHasher {
     /// [`PasswordError::Busy`], [`PasswordError::Internal`].
     pub async fn hash(&self, password: &SecretString) -> Result<String, PasswordError> {
         let pw = password.clone();
-        self.on_pool(move |a| hash_blocking(a, pw.expose())).await?
+        self.on_pool(move |a, _| hash_blocking(a, pw.expose()))
+            .await?
     }
 
     /// Checks `password` against `phc`, or against the dummy hash when
@@ -187,14 +261,14 @@ impl PasswordHasher {
         let known = phc.is_some();
         let phc: Arc<str> = phc.map_or_else(|| Arc::clone(&self.dummy), Arc::from);
         let want = self.params;
-        self.on_pool(move |a| {
+        self.on_pool(move |_, memory| {
             let Ok(parsed) = PasswordHash::new(&phc) else {
                 return Verdict {
                     valid: false,
                     needs_rehash: false,
                 };
             };
-            let ok = a.verify_password(pw.expose().as_bytes(), &parsed).is_ok();
+            let ok = verify_in(memory, pw.expose().as_bytes(), &parsed);
             let current = parsed.algorithm.as_str() == "argon2id"
                 && Params::try_from(&parsed).is_ok_and(|p| {
                     p.m_cost() == want.memory_kib
@@ -273,17 +347,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_queue_is_busy_not_a_hang() {
-        let h = PasswordHasher::new(FAST)
-            .unwrap()
-            .queue_timeout(Duration::from_millis(1));
-        // Hold every permit.
-        let held: Vec<_> = (0..h.permits.available_permits())
-            .map(|_| h.permits.clone().try_acquire_owned().unwrap())
-            .collect();
-        let err = h.hash(&SecretString::from("x")).await.unwrap_err();
-        assert!(matches!(err, PasswordError::Busy));
-        drop(held);
-        assert!(h.hash(&SecretString::from("x")).await.is_ok());
+    async fn a_full_queue_is_busy_at_once() {
+        // Costly enough that nothing finishes while the burst is queued.
+        let slow = HashParams {
+            memory_kib: 8 * 1024,
+            iterations: 4,
+            parallelism: 1,
+        };
+        let h = PasswordHasher::with_workers(slow, 1, 2).unwrap();
+        let phc = h.hash(&SecretString::from("pw")).await.unwrap();
+        let pw = SecretString::from("pw");
+        let burst = (0..40).map(|_| h.verify(&pw, Some(&phc)));
+        let results = futures_util::future::join_all(burst).await;
+        let busy = results
+            .iter()
+            .filter(|r| matches!(r, Err(PasswordError::Busy)))
+            .count();
+        let valid = results
+            .iter()
+            .filter(|r| matches!(r, Ok(v) if v.valid))
+            .count();
+        assert_eq!(busy + valid, 40, "{results:?}");
+        // One running and two queued, give or take one the worker took
+        // off the queue while the burst was being submitted.
+        assert!(valid >= 2 && valid <= 4, "{valid} accepted: {results:?}");
+        // And the pool serves again once the burst is over.
+        assert!(h.verify(&pw, Some(&phc)).await.unwrap().valid);
+    }
+
+    #[tokio::test]
+    async fn older_parameters_verify_in_reused_memory() {
+        let h = PasswordHasher::with_workers(FAST, 1, 4).unwrap();
+        let pw = SecretString::from("correct horse battery staple");
+        // Bigger, then smaller, then equal memory than the worker holds.
+        for memory_kib in [1024, 128, 256] {
+            let other =
+                PasswordHasher::with_workers(HashParams { memory_kib, ..FAST }, 1, 1).unwrap();
+            let phc = other.hash(&pw).await.unwrap();
+            assert!(h.verify(&pw, Some(&phc)).await.unwrap().valid, "{phc}");
+            let wrong = SecretString::from("correct horse battery stapler");
+            assert!(!h.verify(&wrong, Some(&phc)).await.unwrap().valid);
+        }
     }
 }

@@ -63,11 +63,14 @@ impl From<AuthError> for ApiError {
                 "token_reused",
                 "this refresh token was already used; the session has been signed out",
             ),
+            // Expected under a burst, and anyone can cause it: answered at
+            // once, never logged as an error.
             AuthError::Busy => ApiError::new(
                 S::SERVICE_UNAVAILABLE,
                 "busy",
                 "too many requests at once; try again shortly",
-            ),
+            )
+            .retry_after(1),
             AuthError::Store(e) => {
                 tracing::error!(error = %e, "store failure");
                 ApiError::new(
