@@ -298,13 +298,14 @@ impl Auth {
         user_agent: Option<&str>,
     ) -> Result<Issued, AuthError> {
         let email = normalize_email(email)?;
-        check_password(password.expose(), &email)?;
         // Fail fast on a taken email before spending a hash; the unique
         // index still decides races.
         if self.store.user_by_email(&email).await?.is_some() {
             return Err(AuthError::EmailTaken);
         }
-        let phc = self.hasher.hash(password).await?;
+        // The strength check (zxcvbn) and the hash both run on a hashing
+        // worker, never on the executor.
+        let phc = self.hasher.hash_new(password, &email).await??;
         let user = User {
             id: random_id(),
             email,

@@ -236,6 +236,31 @@ impl PasswordHasher {
         rx.await.map_err(|_| PasswordError::Internal)
     }
 
+    /// Checks a new password ([`check_password`](super::check_password):
+    /// zxcvbn is CPU-heavy too) and hashes it, both on a worker, so
+    /// neither runs on the async executor.
+    ///
+    /// # Errors
+    /// [`PasswordError::Busy`], [`PasswordError::Internal`]; a weak
+    /// password is `Ok(Err(_))`.
+    pub async fn hash_new(
+        &self,
+        password: &SecretString,
+        email: &str,
+    ) -> Result<Result<String, super::WeakPassword>, PasswordError> {
+        let (pw, email) = (password.clone(), email.to_owned());
+        let outcome: Result<Result<String, PasswordError>, super::WeakPassword> = self
+            .on_pool(move |a, _| {
+                super::check_password(pw.expose(), &email)?;
+                Ok(hash_blocking(a, pw.expose()))
+            })
+            .await?;
+        match outcome {
+            Err(weak) => Ok(Err(weak)),
+            Ok(hashed) => hashed.map(Ok),
+        }
+    }
+
     /// A PHC string for `password`.
     ///
     /// # Errors
@@ -373,6 +398,23 @@ mod tests {
         assert!((2..=4).contains(&valid), "{valid} accepted: {results:?}");
         // And the pool serves again once the burst is over.
         assert!(h.verify(&pw, Some(&phc)).await.unwrap().valid);
+    }
+
+    /// `check_password` asserts (in debug builds) that it is not on the
+    /// executor: these calls from inside a runtime prove `hash_new` moved
+    /// it to a worker, 1 KiB passwords included.
+    #[tokio::test]
+    async fn new_passwords_are_judged_and_hashed_off_the_executor() {
+        let h = PasswordHasher::new(FAST).unwrap();
+        let long = SecretString::from("correct horse battery staple ".repeat(35).trim_end());
+        assert!(long.expose().len() > 1000);
+        let phc = h.hash_new(&long, "a@b.co").await.unwrap().unwrap();
+        assert!(h.verify(&long, Some(&phc)).await.unwrap().valid);
+        let weak = SecretString::from("password123");
+        assert_eq!(
+            h.hash_new(&weak, "a@b.co").await.unwrap(),
+            Err(super::super::WeakPassword::Guessable)
+        );
     }
 
     #[tokio::test]

@@ -105,11 +105,19 @@ pub fn normalize_email(input: &str) -> Result<String, InvalidEmail> {
 
 /// Checks a new password: 8 characters to 1024 bytes, no control
 /// characters, and not easily guessed (zxcvbn score 3 or more, with the
-/// email as a known input).
+/// email as a known input, judged on the first 100 characters).
+///
+/// zxcvbn takes up to milliseconds of CPU: call this off the async
+/// executor ([`PasswordHasher::hash_new`](super::PasswordHasher::hash_new)
+/// runs it on a hashing worker). Debug builds assert it.
 ///
 /// # Errors
 /// [`WeakPassword`].
 pub fn check_password(password: &str, email: &str) -> Result<(), WeakPassword> {
+    debug_assert!(
+        tokio::runtime::Handle::try_current().is_err(),
+        "check_password is CPU-heavy: run it off the async executor"
+    );
     if password.len() > MAX_PASSWORD_BYTES {
         return Err(WeakPassword::TooLong);
     }
@@ -217,5 +225,12 @@ mod tests {
         assert!(check_password("Zq8#vL2!mW9p", "a@b.co").is_ok());
         // Long unusual input is checked quickly and accepted on its head.
         assert!(check_password(&"correct horse battery staple ".repeat(30), "a@b.co").is_ok());
+    }
+
+    #[tokio::test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "off the async executor")]
+    async fn the_strength_check_refuses_to_run_on_the_executor() {
+        let _ = check_password("correct horse battery staple", "a@b.co");
     }
 }
