@@ -54,7 +54,9 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use alvryn_core::auth::{AUDIT_REFRESH_REUSED, Auth, AuthError, Clock, HashParams, PasswordHasher};
+use alvryn_core::auth::{
+    AUDIT_REFRESH_GRACE, AUDIT_REFRESH_REUSED, Auth, AuthError, Clock, HashParams, PasswordHasher,
+};
 use alvryn_core::billing::PlanName;
 use alvryn_core::crypto::{KeyId, LedgerError, UsageLedger};
 use alvryn_core::secret::{SecretBytes, SecretString};
@@ -64,7 +66,7 @@ use alvryn_core::store::{
     RecordFilter, RefreshFamily, RefreshSlot, Revocation, RevokeReason, Rotation, ServiceStore,
     StoreBackend, StoreError, StoreService, TokenHash, TokenStore, User, Versioned,
 };
-use alvryn_core::token::{HmacSecrets, JwtKeys, JwtSettings};
+use alvryn_core::token::{HmacSecrets, JwtKeys, JwtSettings, TokenKind};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 // ------------------------------------------------------------ services
@@ -1818,14 +1820,73 @@ async fn reuse_after_the_grace_window_revokes_the_family(c: Ctx) {
         "and so do its access tokens"
     );
     let events = c.store.audit_events(&first.user.id).await.unwrap();
-    assert_eq!(events.len(), 1);
-    assert_eq!(events[0].kind, AUDIT_REFRESH_REUSED);
     assert_eq!(
-        events[0].family_id.as_deref(),
-        Some(first.session_id.as_str())
+        events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        [AUDIT_REFRESH_GRACE, AUDIT_REFRESH_REUSED],
+        "the grace-window hit, then the reuse"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.family_id.as_deref() == Some(first.session_id.as_str()))
     );
     let f = c.store.family(&first.session_id).await.unwrap().unwrap();
     assert_eq!(f.revoke_reason, Some(RevokeReason::Reuse));
+}
+
+/// A session ends its absolute lifetime after login, however often it
+/// is refreshed: rotation never extends it, and the refresh token never
+/// outlives it.
+async fn the_absolute_session_lifetime_is_never_extended(c: Ctx) {
+    let (auth, clock) = auth(&c);
+    let day = std::time::Duration::from_secs(86_400);
+    let auth = auth.with_session_max_age(Some(day));
+    let first = auth
+        .signup("lifetime@example.com", &SecretString::from(PASSWORD), None)
+        .await
+        .unwrap();
+    let started = c.now;
+    let end_ms = started.div_euclid(1000) * 1000 + 86_400_000;
+    let mut token = first.refresh_token.expose().to_owned();
+    // Every six hours, a refresh: each within the day, none extends it.
+    for _ in 0..3 {
+        clock.0.fetch_add(6 * 3_600_000, Ordering::SeqCst);
+        let next = auth.refresh(&token).await.unwrap();
+        token = next.refresh_token.expose().to_owned();
+        let claims = auth
+            .keys()
+            .verify_ignoring_expiry(TokenKind::Refresh, &token)
+            .unwrap();
+        assert_eq!(claims.exp * 1000, end_ms, "the token outlives the session");
+        let f = c.store.family(&first.session_id).await.unwrap().unwrap();
+        assert_eq!(f.expires_at_ms, end_ms, "rotation extended the session");
+        assert!(auth.authenticate(next.access_token.expose()).await.is_ok());
+    }
+    // Past the day: the session is over, for refresh and for access.
+    clock.0.store(end_ms + 1_000, Ordering::SeqCst);
+    assert!(matches!(
+        auth.refresh(&token).await,
+        Err(AuthError::InvalidToken)
+    ));
+    assert!(matches!(
+        auth.authenticate(first.access_token.expose()).await,
+        Err(AuthError::InvalidToken)
+    ));
+    // Without a limit, refreshes extend a session with each rotation.
+    let endless = auth.clone().with_session_max_age(None);
+    let again = endless
+        .login("lifetime@example.com", &SecretString::from(PASSWORD), None)
+        .await
+        .unwrap();
+    assert_ne!(again.session_id, first.session_id);
+    clock.0.fetch_add(29 * 86_400_000, Ordering::SeqCst);
+    let r = endless.refresh(again.refresh_token.expose()).await.unwrap();
+    let f = c.store.family(&again.session_id).await.unwrap().unwrap();
+    assert_eq!(
+        f.expires_at_ms,
+        (clock.now_ms().div_euclid(1000) + 30 * 86_400) * 1000
+    );
+    assert!(endless.authenticate(r.access_token.expose()).await.is_ok());
 }
 
 async fn expired_and_revoked_tokens_are_rejected(c: Ctx) {
@@ -2009,6 +2070,7 @@ fn cases() -> Vec<Case> {
         twenty_concurrent_signups_one_winner,
         login_upgrades_outdated_password_hashes,
         active_session_user_only_for_an_active_session,
+        the_absolute_session_lifetime_is_never_extended,
     ];
     all.push(Case {
         name: "a_write_whose_caller_gave_up_is_not_applied",

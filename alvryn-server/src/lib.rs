@@ -175,7 +175,9 @@ impl AppState {
             .await
             .map_err(|_| StartupError::Passwords)?
             .map_err(|_| StartupError::Passwords)?;
-        let auth = Auth::new(store, Arc::new(jwt), hasher).with_grace(config.refresh_grace);
+        let auth = Auth::new(store, Arc::new(jwt), hasher)
+            .with_grace(config.refresh_grace)
+            .with_session_max_age(config.session_max_age);
         Ok(Self {
             config: Arc::new(config),
             cipher,

@@ -42,6 +42,12 @@ pub use validate::{InvalidEmail, WeakPassword, check_password, normalize_email};
 
 /// The audit event recorded when a retired refresh token is presented.
 pub const AUDIT_REFRESH_REUSED: &str = "refresh_token_reused";
+/// The audit event recorded when a just-retired refresh token is
+/// presented inside the grace window and answered with the successor.
+pub const AUDIT_REFRESH_GRACE: &str = "refresh_token_grace";
+/// The default absolute session lifetime: 90 days.
+pub const DEFAULT_SESSION_MAX_AGE: std::time::Duration =
+    std::time::Duration::from_secs(90 * 24 * 3600);
 /// Longest `User-Agent` kept with a session, in characters.
 pub const MAX_USER_AGENT_CHARS: usize = 256;
 
@@ -156,14 +162,21 @@ pub struct Auth {
     hasher: PasswordHasher,
     clock: Arc<dyn Clock>,
     grace_ms: i64,
+    /// Absolute session lifetime in seconds from login; `None` for none.
+    max_age_s: Option<i64>,
 }
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Auth")
             .field("grace_ms", &self.grace_ms)
+            .field("max_age_s", &self.max_age_s)
             .finish_non_exhaustive()
     }
+}
+
+fn secs(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 fn random_id() -> String {
@@ -192,7 +205,17 @@ impl Auth {
             hasher,
             clock: Arc::new(SystemClock),
             grace_ms: 10_000,
+            max_age_s: Some(secs(DEFAULT_SESSION_MAX_AGE)),
         }
+    }
+
+    /// Sets the absolute session lifetime: a session ends this long after
+    /// its login, however often it is refreshed (rotation never extends
+    /// it). `None` lets refreshes extend a session for ever.
+    #[must_use]
+    pub fn with_session_max_age(mut self, max_age: Option<std::time::Duration>) -> Self {
+        self.max_age_s = max_age.map(secs);
+        self
     }
 
     /// Replaces the clock.
@@ -240,6 +263,35 @@ impl Auth {
             .map_err(|_| AuthError::Internal)
     }
 
+    /// When a refresh token issued at `iat` (seconds) for a session that
+    /// began at `created_ms` expires: its lifetime, cut at the session's
+    /// absolute end. A function of the family's fields, so a successor
+    /// re-signed inside the grace window is the same token.
+    fn refresh_exp(&self, iat: i64, created_ms: i64) -> i64 {
+        let ttl_end = iat.saturating_add(self.keys.settings().refresh_ttl_secs);
+        match self.max_age_s {
+            Some(max) => ttl_end.min(created_ms.div_euclid(1000).saturating_add(max)),
+            None => ttl_end,
+        }
+    }
+
+    fn sign_refresh(
+        &self,
+        user_id: &str,
+        sid: &str,
+        jti: &str,
+        iat: i64,
+        created_ms: i64,
+    ) -> Result<String, AuthError> {
+        let mut claims = self.keys.claims(TokenKind::Refresh, user_id, sid, jti, iat);
+        claims.exp = self.refresh_exp(iat, created_ms);
+        if claims.exp <= iat {
+            // The session's absolute lifetime is over.
+            return Err(AuthError::InvalidToken);
+        }
+        self.keys.sign(&claims).map_err(|_| AuthError::Internal)
+    }
+
     fn issue(
         &self,
         user: User,
@@ -265,13 +317,13 @@ impl Auth {
         let (now_ms, now_s) = self.now();
         let sid = random_id();
         let jti = random_id();
-        let refresh = self.sign(TokenKind::Refresh, &user.id, &sid, &jti, now_s)?;
+        let refresh = self.sign_refresh(&user.id, &sid, &jti, now_s, now_ms)?;
         let family = RefreshFamily {
             id: sid.clone(),
             user_id: user.id.clone(),
             created_at_ms: now_ms,
             last_used_at_ms: now_ms,
-            expires_at_ms: (now_s + self.keys.settings().refresh_ttl_secs) * 1000,
+            expires_at_ms: self.refresh_exp(now_s, now_ms) * 1000,
             user_agent: truncate_ua(user_agent),
             current: RefreshSlot {
                 token_hash: TokenHash::of(&refresh),
@@ -368,18 +420,19 @@ impl Auth {
             .verify(TokenKind::Refresh, refresh_token, now_s)
             .map_err(|_| AuthError::InvalidToken)?;
         let presented = TokenHash::of(refresh_token);
+        // The session's start bounds the successor's expiry (its absolute
+        // lifetime), so read it first; the rotation below still decides.
+        let started_ms = match self.store.family(&claims.sid).await? {
+            Some(f) if f.user_id == claims.sub => f.created_at_ms,
+            _ => return Err(AuthError::InvalidToken),
+        };
         let next = RefreshSlot {
             token_hash: TokenHash([0; 32]),
             jti: random_id(),
             issued_at: now_s,
         };
-        let successor = self.sign(
-            TokenKind::Refresh,
-            &claims.sub,
-            &claims.sid,
-            &next.jti,
-            now_s,
-        )?;
+        let successor =
+            self.sign_refresh(&claims.sub, &claims.sid, &next.jti, now_s, started_ms)?;
         let rotation = Rotation {
             family_id: claims.sid.clone(),
             expected: presented,
@@ -388,7 +441,7 @@ impl Auth {
                 ..next
             },
             now_ms,
-            expires_at_ms: (now_s + self.keys.settings().refresh_ttl_secs) * 1000,
+            expires_at_ms: self.refresh_exp(now_s, started_ms) * 1000,
         };
         let (family, refresh) = match self.store.rotate_family(&rotation).await? {
             Some(f) => (f, successor),
@@ -427,14 +480,25 @@ impl Auth {
         });
         if in_grace {
             let c = &family.current;
-            let token = self.sign(
-                TokenKind::Refresh,
+            let token = self.sign_refresh(
                 &family.user_id,
                 &family.id,
                 &c.jti,
                 c.issued_at,
+                family.created_at_ms,
             )?;
             if TokenHash::of(&token) == c.token_hash {
+                // Worth knowing (a slow tab, or a replay inside the
+                // window), never worth failing the refresh for.
+                let event = AuditEvent {
+                    at_ms: now_ms,
+                    kind: AUDIT_REFRESH_GRACE.into(),
+                    user_id: family.user_id.clone(),
+                    family_id: Some(family.id.clone()),
+                };
+                if let Err(e) = self.store.record_audit(&event).await {
+                    tracing::warn!(error = %e, "could not record a grace-window refresh");
+                }
                 return Ok((family, token));
             }
             // Signed under a secret we no longer hold: cannot reproduce.

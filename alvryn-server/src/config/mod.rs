@@ -10,6 +10,7 @@
 //! | `JWT_SECRET_PREVIOUS`, `JWT_REFRESH_SECRET_PREVIOUS` | previous secrets, verify only, for rotation |
 //! | `JWT_AUDIENCE` | the `aud` claim, default `alvryn` |
 //! | `ALVRYN_REFRESH_GRACE_SECONDS` | how long concurrent refreshes of one token share a successor, default 10 |
+//! | `ALVRYN_SESSION_MAX_AGE` | a session's absolute lifetime from login, seconds or like `90d`; default 90 days, 0 for none |
 //! | `BACKEND_URL`, `FRONTEND_URL` | public URLs of this server and of the web app |
 //! | `STRIPE_SECRET_KEY`, `STRIPE_WEBHOOK_SECRET` | Stripe API key (`sk_`/`rk_`) and webhook signing secret (`whsec_`) |
 //! | `STRIPE_PRICE_MAP` / `STRIPE_PRICE_MAP_JSON` | which plan each price grants: `price_a:pro,price_b:team` or JSON |
@@ -141,6 +142,9 @@ pub struct Config {
     /// How long a just-retired refresh token still yields the same
     /// successor (`ALVRYN_REFRESH_GRACE_SECONDS`, 0-300, default 10).
     pub refresh_grace: std::time::Duration,
+    /// `ALVRYN_SESSION_MAX_AGE`: a session's absolute lifetime from login
+    /// (default 90 days); `None` (set to 0) for none.
+    pub session_max_age: Option<std::time::Duration>,
     /// Public URL of this server.
     pub backend_url: Url,
     /// Public URL of the web app (CORS origin, redirects).
@@ -535,6 +539,28 @@ impl Config {
                 }
             },
         };
+        let session_max_age = match r.text("ALVRYN_SESSION_MAX_AGE") {
+            None => Some(alvryn_core::auth::DEFAULT_SESSION_MAX_AGE),
+            Some(t) => {
+                let t = t.trim();
+                let parsed = t
+                    .parse::<u64>()
+                    .map(std::time::Duration::from_secs)
+                    .or_else(|_| humantime::parse_duration(t));
+                match parsed {
+                    Ok(d) if d.is_zero() => None,
+                    Ok(d) if d.as_secs() >= 60 && d.as_secs() <= 10 * 365 * 86_400 => Some(d),
+                    _ => {
+                        r.problem(
+                            "ALVRYN_SESSION_MAX_AGE",
+                            "must be 0 (no limit) or a duration from 1 minute to 10 years, \
+                             in seconds or like 90d or 12h",
+                        );
+                        None
+                    }
+                }
+            }
+        };
         let backend_url = r.url("BACKEND_URL");
         let frontend_url = r.url("FRONTEND_URL");
         let stripe = r.stripe();
@@ -610,6 +636,7 @@ impl Config {
             jwt_refresh_secret_previous,
             jwt_audience,
             refresh_grace,
+            session_max_age,
             backend_url,
             frontend_url,
             stripe,
@@ -654,6 +681,13 @@ impl Config {
         m.insert(
             "JWT_REFRESH_SECRET",
             secret(self.jwt_refresh_secret.as_ref().map(SecretBytes::len)),
+        );
+        m.insert(
+            "ALVRYN_SESSION_MAX_AGE",
+            self.session_max_age.map_or_else(
+                || "none (refreshes extend sessions without limit)".to_owned(),
+                |d| humantime::format_duration(d).to_string(),
+            ),
         );
         m.insert("BACKEND_URL", self.backend_url.to_string());
         m.insert("FRONTEND_URL", self.frontend_url.to_string());

@@ -427,3 +427,29 @@ fn development_with_generated_secrets_is_refused_when_shared() {
     );
     assert!(v6.is_ok(), "IPv6 loopback is loopback");
 }
+
+#[test]
+fn session_max_age_defaults_to_90_days_and_parses_durations() {
+    let with = |v: Option<&str>| {
+        let env: HashMap<&'static str, String> = v
+            .map(|v| ("ALVRYN_SESSION_MAX_AGE", v.to_owned()))
+            .into_iter()
+            .collect();
+        load(&env)
+    };
+    let day = std::time::Duration::from_secs(86_400);
+    assert_eq!(with(None).unwrap().session_max_age, Some(90 * day));
+    assert_eq!(with(Some("0")).unwrap().session_max_age, None);
+    assert_eq!(with(Some("86400")).unwrap().session_max_age, Some(day));
+    assert_eq!(with(Some("30d")).unwrap().session_max_age, Some(30 * day));
+    assert_eq!(with(Some(" 12h ")).unwrap().session_max_age, Some(day / 2));
+    for bad in ["-1", "soon", "30", "20years", "90 parsecs"] {
+        let err = with(Some(bad)).unwrap_err();
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.var == "ALVRYN_SESSION_MAX_AGE"),
+            "{bad}: {err}"
+        );
+    }
+}
