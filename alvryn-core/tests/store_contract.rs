@@ -386,6 +386,7 @@ fn family(id: &str, user_id: &str, token: &str, created: i64) -> RefreshFamily {
             issued_at: created / 1000,
         },
         previous: None,
+        older: None,
         revoked_at_ms: None,
         revoke_reason: None,
         generation: 0,
@@ -1834,6 +1835,118 @@ async fn reuse_after_the_grace_window_revokes_the_family(c: Ctx) {
     assert_eq!(f.revoke_reason, Some(RevokeReason::Reuse));
 }
 
+/// A slow tab presents a token two rotations back while another tab's
+/// refreshes went through: inside the grace window it gets the current
+/// successor, not a sign-out; after the window, or three back, it is
+/// reuse.
+async fn a_slow_tab_two_rotations_back_is_not_theft(c: Ctx) {
+    let (auth, clock) = auth(&c);
+    // The reported race, ten times over: refresh A to B, then send B and
+    // A together. Whichever lands first, both tabs stay signed in.
+    for i in 0..10 {
+        let s = auth
+            .signup(
+                &format!("tabs{i}@example.com"),
+                &SecretString::from(PASSWORD),
+                None,
+            )
+            .await
+            .unwrap();
+        let a = s.refresh_token.expose().to_owned();
+        let b = auth
+            .refresh(&a)
+            .await
+            .unwrap()
+            .refresh_token
+            .expose()
+            .to_owned();
+        clock.0.fetch_add(1000, Ordering::SeqCst);
+        let (auth_b, auth_a) = (auth.clone(), auth.clone());
+        let tb = tokio::spawn(async move { auth_b.refresh(&b).await });
+        let ta = tokio::spawn(async move { auth_a.refresh(&a).await });
+        let (rb, ra) = (tb.await.unwrap(), ta.await.unwrap());
+        assert!(rb.is_ok(), "round {i}: B refused: {:?}", rb.err());
+        assert!(ra.is_ok(), "round {i}: A refused: {:?}", ra.err());
+        let f = c.store.family(&s.session_id).await.unwrap().unwrap();
+        assert_eq!(f.revoked_at_ms, None, "round {i}: signed out");
+    }
+
+    // Sequentially: A -> B -> C, then A (two back) inside the window.
+    let s = auth
+        .signup("slow@example.com", &SecretString::from(PASSWORD), None)
+        .await
+        .unwrap();
+    let a = s.refresh_token.expose().to_owned();
+    clock.0.fetch_add(1000, Ordering::SeqCst);
+    let b = auth
+        .refresh(&a)
+        .await
+        .unwrap()
+        .refresh_token
+        .expose()
+        .to_owned();
+    clock.0.fetch_add(1000, Ordering::SeqCst);
+    let cc = auth
+        .refresh(&b)
+        .await
+        .unwrap()
+        .refresh_token
+        .expose()
+        .to_owned();
+    clock.0.fetch_add(1000, Ordering::SeqCst);
+    let slow = auth.refresh(&a).await.unwrap();
+    assert_eq!(
+        slow.refresh_token.expose(),
+        cc,
+        "the slow tab gets the current successor"
+    );
+    let kinds: Vec<String> = c
+        .store
+        .audit_events(&s.user.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, [AUDIT_REFRESH_GRACE]);
+    // Past the window from A's retirement: reuse, the family dies.
+    clock.0.fetch_add(9_000, Ordering::SeqCst);
+    assert!(matches!(
+        auth.refresh(&a).await,
+        Err(AuthError::TokenReused)
+    ));
+    assert!(matches!(
+        auth.refresh(&cc).await,
+        Err(AuthError::InvalidToken)
+    ));
+
+    // Three rotations back is reuse even at once.
+    let s = auth
+        .signup("three@example.com", &SecretString::from(PASSWORD), None)
+        .await
+        .unwrap();
+    let a = s.refresh_token.expose().to_owned();
+    let b = auth
+        .refresh(&a)
+        .await
+        .unwrap()
+        .refresh_token
+        .expose()
+        .to_owned();
+    let cc = auth
+        .refresh(&b)
+        .await
+        .unwrap()
+        .refresh_token
+        .expose()
+        .to_owned();
+    auth.refresh(&cc).await.unwrap();
+    assert!(matches!(
+        auth.refresh(&a).await,
+        Err(AuthError::TokenReused)
+    ));
+}
+
 /// A session ends its absolute lifetime after login, however often it
 /// is refreshed: rotation never extends it, and the refresh token never
 /// outlives it.
@@ -2071,6 +2184,7 @@ fn cases() -> Vec<Case> {
         login_upgrades_outdated_password_hashes,
         active_session_user_only_for_an_active_session,
         the_absolute_session_lifetime_is_never_extended,
+        a_slow_tab_two_rotations_back_is_not_theft,
     ];
     all.push(Case {
         name: "a_write_whose_caller_gave_up_is_not_applied",

@@ -13,6 +13,11 @@
 //! re-signed byte for byte. Two browser tabs refreshing at once therefore
 //! never sign the user out.
 //!
+//! The same holds for the token retired just before that one (a slow
+//! tab presenting A while another tab's refreshes took A to B and B to
+//! C), again only within the window from its own retirement. Each such
+//! answer is recorded as a [`AUDIT_REFRESH_GRACE`] audit event.
+//!
 //! A retired token presented after the window, or any older token, is
 //! treated as stolen: the whole family is revoked (its current token stops
 //! working too), an audit event `refresh_token_reused` is recorded, and
@@ -331,6 +336,7 @@ impl Auth {
                 issued_at: now_s,
             },
             previous: None,
+            older: None,
             revoked_at_ms: None,
             revoke_reason: None,
             generation: 0,
@@ -475,9 +481,13 @@ impl Auth {
         if family.user_id != claims.sub || !family.is_active(now_ms) {
             return Err(AuthError::InvalidToken);
         }
-        let in_grace = family.previous.as_ref().is_some_and(|p| {
-            p.token_hash == presented && now_ms - p.rotated_at_ms <= self.grace_ms
-        });
+        // The token just retired, or the one before it (a slow tab that
+        // sent it while another tab's refresh went through twice): either
+        // counts only inside the grace window from its own retirement.
+        let in_grace = [family.previous.as_ref(), family.older.as_ref()]
+            .into_iter()
+            .flatten()
+            .any(|p| p.token_hash == presented && now_ms - p.rotated_at_ms <= self.grace_ms);
         if in_grace {
             let c = &family.current;
             let token = self.sign_refresh(

@@ -132,6 +132,7 @@ impl SessionStore for MemoryStore {
         if !f.is_active(r.now_ms) || f.current.token_hash != r.expected {
             return Ok(None);
         }
+        f.older = f.previous.take();
         f.previous = Some(PreviousSlot {
             token_hash: r.expected,
             rotated_at_ms: r.now_ms,

@@ -217,6 +217,9 @@ pub struct RefreshFamily {
     pub current: RefreshSlot,
     /// The token it accepted before.
     pub previous: Option<PreviousSlot>,
+    /// The token it accepted before `previous`: a slow tab may still hold
+    /// it for the grace window after it was retired.
+    pub older: Option<PreviousSlot>,
     /// Revocation time, if revoked.
     pub revoked_at_ms: Option<i64>,
     /// Why it was revoked.

@@ -477,13 +477,17 @@ fn user_doc(u: &User) -> Document {
 fn family_from(d: &Document) -> Result<RefreshFamily, StoreError> {
     let f = Fields::new(d, "session");
     let cur = f.sub("current", "session token")?;
-    let previous = match f.opt_sub("previous", "previous session token")? {
-        Some(p) => Some(PreviousSlot {
-            token_hash: p.hash("hash")?,
-            rotated_at_ms: p.millis("rotated_at")?,
-        }),
-        None => None,
+    let slot = |name: &str, what: &'static str| -> Result<Option<PreviousSlot>, StoreError> {
+        Ok(match f.opt_sub(name, what)? {
+            Some(p) => Some(PreviousSlot {
+                token_hash: p.hash("hash")?,
+                rotated_at_ms: p.millis("rotated_at")?,
+            }),
+            None => None,
+        })
     };
+    let previous = slot("previous", "previous session token")?;
+    let older = slot("older", "older session token")?;
     let revoke_reason = match f.optional("revoke_reason", Bson::as_str)? {
         Some(s) => Some(RevokeReason::parse(s).ok_or_else(|| f.corrupt("revoke_reason"))?),
         None => None,
@@ -501,10 +505,15 @@ fn family_from(d: &Document) -> Result<RefreshFamily, StoreError> {
             issued_at: cur.int("issued_at")?,
         },
         previous,
+        older,
         revoked_at_ms: f.opt_millis("revoked_at")?,
         revoke_reason,
         generation: f.int("generation")?,
     })
+}
+
+fn slot_at_doc(p: &PreviousSlot) -> Document {
+    doc! { "hash": hash_bin(&p.token_hash), "rotated_at": date(p.rotated_at_ms) }
 }
 
 fn slot_doc(s: &RefreshSlot) -> Document {
@@ -520,9 +529,8 @@ fn family_doc(f: &RefreshFamily) -> Document {
         "expires_at": date(f.expires_at_ms),
         "user_agent": f.user_agent.as_deref(),
         "current": slot_doc(&f.current),
-        "previous": f.previous.as_ref().map(|p| {
-            doc! { "hash": hash_bin(&p.token_hash), "rotated_at": date(p.rotated_at_ms) }
-        }),
+        "previous": f.previous.as_ref().map(slot_at_doc),
+        "older": f.older.as_ref().map(slot_at_doc),
         "revoked_at": f.revoked_at_ms.map(date),
         "revoke_reason": f.revoke_reason.map(RevokeReason::as_str),
         "generation": f.generation,
@@ -632,15 +640,22 @@ impl SessionStore for MongoStore {
             "revoked_at": Bson::Null,
             "expires_at": { "$gt": date(r.now_ms) },
         };
-        let update = doc! {
-            "$set": {
-                "previous": { "hash": hash_bin(&r.expected), "rotated_at": date(r.now_ms) },
-                "current": slot_doc(&r.next),
-                "last_used_at": date(r.now_ms),
-                "expires_at": date(r.expires_at_ms),
-            },
-            "$inc": { "generation": 1_i64 },
+        // A pipeline update, so the retired `previous` moves to `older` in
+        // the same atomic step; our values go in as literals.
+        let previous = PreviousSlot {
+            token_hash: r.expected,
+            rotated_at_ms: r.now_ms,
         };
+        let update = vec![doc! {
+            "$set": {
+                "older": "$previous",
+                "previous": { "$literal": slot_at_doc(&previous) },
+                "current": { "$literal": slot_doc(&r.next) },
+                "last_used_at": { "$literal": date(r.now_ms) },
+                "expires_at": { "$literal": date(r.expires_at_ms) },
+                "generation": { "$add": ["$generation", 1_i64] },
+            },
+        }];
         self.coll(FAMILIES)
             .find_one_and_update(filter, update)
             .return_document(ReturnDocument::After)

@@ -148,6 +148,9 @@ const MIGRATIONS: &[&str] = &[
     // index alone.
     "CREATE INDEX refresh_families_session
         ON refresh_families(id, user_id, revoked_at_ms, expires_at_ms);",
+    // 4: the token two rotations back, for a slow tab.
+    "ALTER TABLE refresh_families ADD COLUMN older_hash BLOB;
+     ALTER TABLE refresh_families ADD COLUMN older_rotated_at_ms INTEGER;",
 ];
 
 /// How long a connection waits for another process's lock.
@@ -491,7 +494,8 @@ fn write_loop(conn: &Connection, jobs: &mut tokio::sync::mpsc::Receiver<Job>) {
 macro_rules! family_cols {
     () => {
         "id, user_id, created_at_ms, last_used_at_ms, expires_at_ms, user_agent, current_hash, \
-     current_jti, current_issued_at, previous_hash, previous_rotated_at_ms, revoked_at_ms, revoke_reason, generation"
+     current_jti, current_issued_at, previous_hash, previous_rotated_at_ms, revoked_at_ms, revoke_reason, generation, \
+     older_hash, older_rotated_at_ms"
     };
 }
 
@@ -520,16 +524,24 @@ fn family_from_row(r: &Row<'_>) -> rusqlite::Result<Result<RefreshFamily, StoreE
     let Some(current_hash) = TokenHash::from_slice(&current) else {
         return Ok(Err(corrupt("token hash")));
     };
-    let previous = match (previous, previous_at) {
+    let slot = |hash: Option<Vec<u8>>, at: Option<i64>| match (hash, at) {
         (Some(h), Some(at)) => match TokenHash::from_slice(&h) {
-            Some(token_hash) => Some(PreviousSlot {
+            Some(token_hash) => Ok(Some(PreviousSlot {
                 token_hash,
                 rotated_at_ms: at,
-            }),
-            None => return Ok(Err(corrupt("token hash"))),
+            })),
+            None => Err(corrupt("token hash")),
         },
-        (None, None) => None,
-        _ => return Ok(Err(corrupt("previous token"))),
+        (None, None) => Ok(None),
+        _ => Err(corrupt("previous token")),
+    };
+    let previous = match slot(previous, previous_at) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
+    };
+    let older = match slot(r.get(14)?, r.get(15)?) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
     };
     let revoke_reason = match reason.as_deref().map(RevokeReason::parse) {
         None => None,
@@ -549,6 +561,7 @@ fn family_from_row(r: &Row<'_>) -> rusqlite::Result<Result<RefreshFamily, StoreE
             issued_at: r.get(8)?,
         },
         previous,
+        older,
         revoked_at_ms: r.get(11)?,
         revoke_reason,
         generation: r.get(13)?,
@@ -665,7 +678,8 @@ impl SessionStore for SqliteStore {
             c.prepare_cached(
                 "INSERT INTO refresh_families (id, user_id, created_at_ms, last_used_at_ms, expires_at_ms, user_agent, \
                  current_hash, current_jti, current_issued_at, previous_hash, previous_rotated_at_ms, revoked_at_ms, \
-                 revoke_reason, generation) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 revoke_reason, generation, older_hash, older_rotated_at_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -683,6 +697,8 @@ impl SessionStore for SqliteStore {
                     f.revoked_at_ms,
                     f.revoke_reason.map(RevokeReason::as_str),
                     f.generation,
+                    f.older.as_ref().map(|p| p.token_hash.0.to_vec()),
+                    f.older.as_ref().map(|p| p.rotated_at_ms),
                 ])
             })
             .map(|_| ())
@@ -779,12 +795,14 @@ impl SessionStore for SqliteStore {
 }
 
 const ROTATE_SQL: &str = "UPDATE refresh_families SET
+        older_hash = previous_hash, older_rotated_at_ms = previous_rotated_at_ms,
         previous_hash = current_hash, previous_rotated_at_ms = ?3,
         current_hash = ?4, current_jti = ?5, current_issued_at = ?6,
         last_used_at_ms = ?3, expires_at_ms = ?7, generation = generation + 1
      WHERE id = ?1 AND current_hash = ?2 AND revoked_at_ms IS NULL AND expires_at_ms > ?3
      RETURNING id, user_id, created_at_ms, last_used_at_ms, expires_at_ms, user_agent, current_hash, \
-     current_jti, current_issued_at, previous_hash, previous_rotated_at_ms, revoked_at_ms, revoke_reason, generation";
+     current_jti, current_issued_at, previous_hash, previous_rotated_at_ms, revoked_at_ms, revoke_reason, generation, \
+     older_hash, older_rotated_at_ms";
 
 #[async_trait]
 impl AuditLog for SqliteStore {
