@@ -20,11 +20,13 @@ fn keys() -> JwtKeys {
         HmacSecrets::new(
             &SecretBytes::copy_from(b"bench-access-secret-0123456789abcdef01234"),
             None,
-        ),
+        )
+        .unwrap(),
         HmacSecrets::new(
             &SecretBytes::copy_from(b"bench-refresh-secret-0123456789abcdef0123"),
             None,
-        ),
+        )
+        .unwrap(),
     )
 }
 

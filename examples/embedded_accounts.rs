@@ -24,8 +24,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     //    manager; the previous-secret slots let you rotate them.
     let keys = JwtKeys::new(
         JwtSettings::new("https://api.example.com", "example-app"),
-        HmacSecrets::new(&SecretBytes::random(32)?, None),
-        HmacSecrets::new(&SecretBytes::random(32)?, None),
+        HmacSecrets::new(&SecretBytes::random(32)?, None)?,
+        HmacSecrets::new(&SecretBytes::random(32)?, None)?,
     );
 
     // 3. Passwords: argon2id with OWASP's parameters on a bounded pool.

@@ -1717,11 +1717,13 @@ fn auth(c: &Ctx) -> (Auth, Arc<ManualClock>) {
         HmacSecrets::new(
             &SecretBytes::copy_from(b"access-secret-for-the-contract-suite-0001"),
             None,
-        ),
+        )
+        .unwrap(),
         HmacSecrets::new(
             &SecretBytes::copy_from(b"refresh-secret-for-the-contract-suite-001"),
             None,
-        ),
+        )
+        .unwrap(),
     );
     let clock = Arc::new(ManualClock(AtomicI64::new(c.now)));
     let hasher = PasswordHasher::new(HashParams {

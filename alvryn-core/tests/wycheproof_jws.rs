@@ -51,8 +51,8 @@ fn wycheproof_hs256_vectors() {
         let secret = SecretBytes::new(secret);
         let keys = JwtKeys::new(
             JwtSettings::new("iss", "aud"),
-            HmacSecrets::new(&secret, None),
-            HmacSecrets::new(&secret, None),
+            HmacSecrets::new(&secret, None).unwrap(),
+            HmacSecrets::new(&secret, None).unwrap(),
         );
         let tests = group["tests"].as_array().unwrap();
         let valid_jws: Vec<&str> = tests

@@ -83,6 +83,15 @@ pub enum StartupError {
     /// configuration check should have caught it).
     #[error("{0} is not set")]
     MissingSecret(&'static str),
+    /// A token secret is too short to sign with (a bug too: the
+    /// configuration check refuses short secrets first).
+    #[error("{var}: {source}")]
+    WeakSecret {
+        /// Which secret.
+        var: &'static str,
+        /// How short it is.
+        source: alvryn_core::token::ShortSecret,
+    },
     /// The listen address could not be bound.
     #[error("could not listen on {addr}: {source}")]
     Bind {
@@ -168,8 +177,18 @@ impl AppState {
         let issuer = config.backend_url.as_str().trim_end_matches('/').to_owned();
         let jwt = JwtKeys::new(
             JwtSettings::new(issuer, config.jwt_audience.clone()),
-            HmacSecrets::new(&access, config.jwt_secret_previous.as_ref()),
-            HmacSecrets::new(&refresh, config.jwt_refresh_secret_previous.as_ref()),
+            HmacSecrets::new(&access, config.jwt_secret_previous.as_ref()).map_err(|source| {
+                StartupError::WeakSecret {
+                    var: "JWT_SECRET",
+                    source,
+                }
+            })?,
+            HmacSecrets::new(&refresh, config.jwt_refresh_secret_previous.as_ref()).map_err(
+                |source| StartupError::WeakSecret {
+                    var: "JWT_REFRESH_SECRET",
+                    source,
+                },
+            )?,
         );
         let hasher = tokio::task::spawn_blocking(|| PasswordHasher::new(HashParams::OWASP))
             .await

@@ -150,16 +150,37 @@ impl fmt::Debug for HmacSecrets {
     }
 }
 
+/// The shortest HMAC secret accepted: 32 bytes, HS256's output size
+/// (RFC 7518 §3.2).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// An HMAC secret shorter than [`MIN_SECRET_BYTES`]. Names neither secret
+/// nor its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an HMAC secret must be at least {MIN_SECRET_BYTES} bytes; this one is {len}")]
+pub struct ShortSecret {
+    /// The length found.
+    pub len: usize,
+}
+
 impl HmacSecrets {
     /// A secret that signs and verifies, and an optional previous secret
     /// that only verifies (so secrets rotate without logging anyone out).
-    #[must_use]
-    pub fn new(current: &SecretBytes, previous: Option<&SecretBytes>) -> Self {
-        Self {
+    ///
+    /// # Errors
+    /// [`ShortSecret`] when either is under 32 bytes: a short HMAC key is
+    /// guessable offline from any one token.
+    pub fn new(current: &SecretBytes, previous: Option<&SecretBytes>) -> Result<Self, ShortSecret> {
+        for s in std::iter::once(current).chain(previous) {
+            if s.len() < MIN_SECRET_BYTES {
+                return Err(ShortSecret { len: s.len() });
+            }
+        }
+        Ok(Self {
             current_enc: EncodingKey::from_secret(current.expose()),
             current_dec: DecodingKey::from_secret(current.expose()),
             previous_dec: previous.map(|p| DecodingKey::from_secret(p.expose())),
-        }
+        })
     }
 }
 
@@ -400,8 +421,8 @@ mod tests {
         let prev = prev.map(SecretBytes::copy_from);
         JwtKeys::new(
             JwtSettings::new("https://api.example.com", "alvryn"),
-            HmacSecrets::new(&SecretBytes::copy_from(access), prev.as_ref()),
-            HmacSecrets::new(&SecretBytes::copy_from(refresh), None),
+            HmacSecrets::new(&SecretBytes::copy_from(access), prev.as_ref()).unwrap(),
+            HmacSecrets::new(&SecretBytes::copy_from(refresh), None).unwrap(),
         )
     }
 
@@ -459,6 +480,24 @@ mod tests {
             k.verify(TokenKind::Refresh, &t, NOW),
             Err(TokenError::Invalid)
         );
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        let short = SecretBytes::copy_from(&[7u8; 31]);
+        let ok = SecretBytes::copy_from(&[7u8; 32]);
+        assert_eq!(
+            HmacSecrets::new(&short, None).err(),
+            Some(ShortSecret { len: 31 })
+        );
+        assert_eq!(
+            HmacSecrets::new(&ok, Some(&short)).err(),
+            Some(ShortSecret { len: 31 }),
+            "a previous secret too"
+        );
+        assert!(HmacSecrets::new(&ok, Some(&ok)).is_ok());
+        let printed = format!("{}", ShortSecret { len: 31 });
+        assert!(!printed.contains("\u{7}"), "{printed}");
     }
 
     #[test]

@@ -2,4 +2,6 @@
 
 pub mod jwt;
 
-pub use jwt::{Claims, HmacSecrets, JwtKeys, JwtSettings, TokenError, TokenKind};
+pub use jwt::{
+    Claims, HmacSecrets, JwtKeys, JwtSettings, MIN_SECRET_BYTES, ShortSecret, TokenError, TokenKind,
+};
