@@ -117,3 +117,129 @@ fn a_login_burst_keeps_memory_and_threads_bounded() {
     let errors = log.lines().filter(|l| l.contains("ERROR")).count();
     assert_eq!(errors, 0, "{log}");
 }
+
+/// A server with short connection limits for these tests.
+fn strict_server(header_secs: &str, max_connections: &str) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = alvryn();
+    c.current_dir(dir.path())
+        .env("ALVRYN_HEADER_TIMEOUT_SECONDS", header_secs)
+        .env("ALVRYN_BODY_TIMEOUT_SECONDS", "1")
+        .env("ALVRYN_MAX_CONNECTIONS", max_connections);
+    (Server::start(c), dir)
+}
+
+/// Reads until the server closes the connection; `true` when it did
+/// (end of stream or reset) within `patience`, `false` when it was still
+/// holding the connection open. Not a timing assertion: the patience is
+/// many times the server's timeout.
+fn closed_by_server(s: &mut std::net::TcpStream, patience: std::time::Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(patience)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Idle connections, half a header, half a body and an idle kept-alive
+/// connection are all closed by the server's timeouts instead of being
+/// held for ever.
+#[test]
+fn slow_and_idle_connections_are_closed() {
+    use std::io::Write;
+    let (server, _dir) = strict_server("1", "100");
+    let patience = std::time::Duration::from_secs(20);
+    let connect = || std::net::TcpStream::connect(server.addr).unwrap();
+
+    let mut idle = connect();
+    assert!(
+        closed_by_server(&mut idle, patience),
+        "an idle connection was held"
+    );
+
+    let mut half_header = connect();
+    half_header
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
+    assert!(
+        closed_by_server(&mut half_header, patience),
+        "half a header was held"
+    );
+
+    let mut half_body = connect();
+    half_body
+        .write_all(
+            b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"email\":",
+        )
+        .unwrap();
+    assert!(
+        closed_by_server(&mut half_body, patience),
+        "half a body was held"
+    );
+
+    // One request answered, then silence on the kept-alive connection.
+    let mut kept = connect();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(
+        closed_by_server(&mut kept, patience),
+        "an idle keep-alive was held"
+    );
+
+    assert_eq!(server.request("GET", "/healthz", None).0, 200);
+}
+
+/// Beyond the connection cap, a new connection is closed at once (and
+/// the refusal logged), while the ones inside it are kept (their header
+/// timeout is 60 s); once they go, the server answers again.
+#[test]
+fn connections_over_the_cap_are_refused() {
+    let (server, _dir) = strict_server("60", "4");
+    let mut held: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| std::net::TcpStream::connect(server.addr).unwrap())
+        .collect();
+    // Each is either closed by the server at once (over the cap) or kept
+    // (inside it, until its 60 s header timeout): a 2 s look tells them
+    // apart.
+    let closed = held
+        .iter_mut()
+        .map(|s| closed_by_server(s, std::time::Duration::from_secs(2)))
+        .filter(|&c| c)
+        .count();
+    assert!(
+        closed >= 4,
+        "{} connections were kept open with a cap of 4",
+        8 - closed
+    );
+    assert!(closed < 8, "the cap refused everything");
+    drop(held);
+    // The server frees their slots as it sees them close.
+    let answered = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::panic::catch_unwind(|| server.request("GET", "/healthz", None).0)
+            .is_ok_and(|status| status == 200)
+    });
+    assert!(
+        answered,
+        "the server did not answer once the connections went"
+    );
+    assert!(
+        server.log().contains("the connection cap is reached"),
+        "{}",
+        server.log()
+    );
+}

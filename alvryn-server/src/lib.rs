@@ -211,7 +211,14 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// Binds `state.config.bind` and serves until `shutdown` completes,
-/// then drains in-flight requests.
+/// then drains in-flight requests (for at most the request timeout).
+///
+/// Connections are held to [`config::ConnectionLimits`]: headers (and the
+/// idle wait between kept-alive requests) within the header timeout,
+/// bodies within the body timeout, whole requests within the request
+/// timeout (503 `timeout`), and at most `max_connections` open at once;
+/// beyond it a connection is closed as soon as it is accepted, and the
+/// refusals are logged at most once a minute.
 ///
 /// # Errors
 /// [`StartupError::Bind`] or [`StartupError::Serve`].
@@ -219,16 +226,96 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
     let addr = state.config.bind;
+    let limits = state.config.limits;
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| StartupError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(StartupError::Serve)?;
     tracing::info!(%local, "listening");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
+    let app = app(state).layer(
+        tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(
+                |_: tower::BoxError| async {
+                    ApiError::new(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "timeout",
+                        "the request took too long; try again",
+                    )
+                },
+            ))
+            .timeout(limits.request_timeout)
+            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+                limits.body_timeout,
+            )),
+    );
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut refusals = RefusalLog::default();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, say: back off, keep serving.
+                    refusals.note(&format!("accept failed: {e}"));
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            drop(stream);
+            refusals.note("the connection cap is reached; refusing connections");
+            continue;
+        };
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            // Closed by the client, a timeout or a protocol error: nothing
+            // to report per connection.
+            let _ = conn.await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.request_timeout, graceful.shutdown())
         .await
-        .map_err(StartupError::Serve)
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish before the request timeout");
+    }
+    Ok(())
+}
+
+/// Logs refused connections at most once a minute, with how many.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<std::time::Instant>,
+    count: u64,
+}
+
+impl RefusalLog {
+    fn note(&mut self, what: &str) {
+        self.count += 1;
+        let due = self
+            .last
+            .is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60));
+        if due {
+            tracing::warn!(refused = self.count, "{what}");
+            self.last = Some(std::time::Instant::now());
+            self.count = 0;
+        }
+    }
 }
 
 /// Resolves when the process receives SIGINT or SIGTERM.

@@ -10,6 +10,7 @@
 //! | `JWT_SECRET_PREVIOUS`, `JWT_REFRESH_SECRET_PREVIOUS` | previous secrets, verify only, for rotation |
 //! | `JWT_AUDIENCE` | the `aud` claim, default `alvryn` |
 //! | `ALVRYN_REFRESH_GRACE_SECONDS` | how long concurrent refreshes of one token share a successor, default 10 |
+//! | `ALVRYN_HEADER_TIMEOUT_SECONDS`, `ALVRYN_BODY_TIMEOUT_SECONDS`, `ALVRYN_REQUEST_TIMEOUT_SECONDS`, `ALVRYN_MAX_CONNECTIONS` | connection limits, see [`ConnectionLimits`] |
 //! | `ALVRYN_SESSION_MAX_AGE` | a session's absolute lifetime from login, seconds or like `90d`; default 90 days, 0 for none |
 //! | `BACKEND_URL`, `FRONTEND_URL` | public URLs of this server and of the web app |
 //! | `STRIPE_SECRET_KEY`, `STRIPE_WEBHOOK_SECRET` | Stripe API key (`sk_`/`rk_`) and webhook signing secret (`whsec_`) |
@@ -118,6 +119,37 @@ pub struct StripeConfig {
     pub price_map: PriceMap,
 }
 
+/// Connection and request limits of the HTTP server (each an
+/// `ALVRYN_*` variable; the defaults keep idle and slow clients from
+/// holding the server).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// `ALVRYN_HEADER_TIMEOUT_SECONDS` (default 10): a request's headers,
+    /// and the wait for the next request on a kept-alive connection, must
+    /// arrive within this, or the connection is closed.
+    pub header_timeout: std::time::Duration,
+    /// `ALVRYN_BODY_TIMEOUT_SECONDS` (default 10): a request body must
+    /// arrive within this.
+    pub body_timeout: std::time::Duration,
+    /// `ALVRYN_REQUEST_TIMEOUT_SECONDS` (default 30): a request is
+    /// answered within this, or with 503 `timeout`.
+    pub request_timeout: std::time::Duration,
+    /// `ALVRYN_MAX_CONNECTIONS` (default 4096): connections beyond it are
+    /// closed at once (and the refusal logged, at most once a minute).
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: std::time::Duration::from_secs(10),
+            body_timeout: std::time::Duration::from_secs(10),
+            request_timeout: std::time::Duration::from_secs(30),
+            max_connections: 4096,
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -145,6 +177,9 @@ pub struct Config {
     /// `ALVRYN_SESSION_MAX_AGE`: a session's absolute lifetime from login
     /// (default 90 days); `None` (set to 0) for none.
     pub session_max_age: Option<std::time::Duration>,
+    /// How long connections and requests may take, and how many
+    /// connections may be open at once.
+    pub limits: ConnectionLimits,
     /// Public URL of this server.
     pub backend_url: Url,
     /// Public URL of the web app (CORS origin, redirects).
@@ -288,6 +323,34 @@ impl Reader<'_> {
                 None
             }
         }
+    }
+
+    fn limits(&mut self) -> ConnectionLimits {
+        let mut limits = ConnectionLimits::default();
+        let number = |r: &mut Self, var: &'static str, min: u64, max: u64| -> Option<u64> {
+            let t = r.text(var)?;
+            match t.trim().parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Some(n),
+                _ => {
+                    r.problem(var, format!("must be a whole number from {min} to {max}"));
+                    None
+                }
+            }
+        };
+        let secs = std::time::Duration::from_secs;
+        if let Some(n) = number(self, "ALVRYN_HEADER_TIMEOUT_SECONDS", 1, 600) {
+            limits.header_timeout = secs(n);
+        }
+        if let Some(n) = number(self, "ALVRYN_BODY_TIMEOUT_SECONDS", 1, 600) {
+            limits.body_timeout = secs(n);
+        }
+        if let Some(n) = number(self, "ALVRYN_REQUEST_TIMEOUT_SECONDS", 1, 3600) {
+            limits.request_timeout = secs(n);
+        }
+        if let Some(n) = number(self, "ALVRYN_MAX_CONNECTIONS", 1, 1_000_000) {
+            limits.max_connections = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        limits
     }
 
     fn field_keys(&mut self) -> Option<FieldKeys> {
@@ -561,6 +624,7 @@ impl Config {
                 }
             }
         };
+        let limits = r.limits();
         let backend_url = r.url("BACKEND_URL");
         let frontend_url = r.url("FRONTEND_URL");
         let stripe = r.stripe();
@@ -637,6 +701,7 @@ impl Config {
             jwt_audience,
             refresh_grace,
             session_max_age,
+            limits,
             backend_url,
             frontend_url,
             stripe,
