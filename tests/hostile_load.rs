@@ -243,3 +243,52 @@ fn connections_over_the_cap_are_refused() {
         server.log()
     );
 }
+
+/// `Expect: 100-continue` with a declared body over the limit gets 413
+/// at once, never `100 Continue` inviting the body.
+#[test]
+fn an_oversized_expect_continue_gets_413_not_100() {
+    use std::io::{Read, Write};
+    let (server, _dir) = strict_server("10", "100");
+    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    s.write_all(
+        b"POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 10000000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap() == 1 {
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(!head.contains("100 Continue"), "{head}");
+    // A body within the limit still gets its 100 and an answer.
+    let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+    let body = br#"{"email":"nobody@example.com","password":"wrong password here"}"#;
+    s.write_all(
+        format!(
+            "POST /auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut first = [0u8; 25];
+    s.read_exact(&mut first).unwrap();
+    assert!(
+        String::from_utf8_lossy(&first).starts_with("HTTP/1.1 100 Continue"),
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
+    s.write_all(body).unwrap();
+    let mut rest = String::new();
+    let _ = s.read_to_string(&mut rest);
+    assert!(rest.contains("HTTP/1.1 401"), "{rest}");
+}
