@@ -24,6 +24,9 @@ pub enum KeysError {
     /// self-test (encrypt then decrypt) failed.
     #[error("the field cipher failed its start-up check: {0}")]
     SelfTest(#[source] alvryn_core::crypto::CipherError),
+    /// The usage ledger could not be read at start-up.
+    #[error("the encryption usage ledger could not be read: {0}")]
+    Ledger(#[source] alvryn_core::crypto::LedgerError),
 }
 
 /// An AWS KMS client from the standard credential chain and region
@@ -78,25 +81,39 @@ pub async fn load_key_set(
     }
 }
 
-/// Builds the cipher over `keys` with `ledger` counting encryptions, then
-/// proves it with one encrypt/decrypt round trip.
+/// Builds the cipher over `keys` with `ledger` counting encryptions, and
+/// checks it without spending any of the key's encryptions: the AEAD
+/// backend passes a round trip under a throwaway key, and the ledger
+/// answers for the active key (a read, nothing reserved). The first real
+/// encryption reserves the first block.
 ///
 /// # Errors
-/// [`KeysError::SelfTest`].
+/// [`KeysError::SelfTest`] when the backend fails its round trip;
+/// [`KeysError::Ledger`] when the ledger cannot be read.
 pub async fn field_cipher(
     keys: KeySet,
     ledger: Arc<dyn UsageLedger>,
 ) -> Result<FieldCipher, KeysError> {
     let cipher = FieldCipher::builder(keys)
-        .ledger(ledger)
+        .ledger(Arc::clone(&ledger))
+        .build()
+        .map_err(KeysError::SelfTest)?;
+    // A public probe key that protects nothing, counted in a ledger of
+    // its own in memory.
+    let probe_key = SecretBytes::copy_from(&[0x5a; 32]);
+    let probe = FieldCipher::builder(KeySet::single(KeyMaterial::fingerprinted(probe_key)))
         .build()
         .map_err(KeysError::SelfTest)?;
     let ctx = FieldContext::new("alvryn", "startup", "self-test");
-    let sealed = cipher
+    let sealed = probe
         .encrypt(&ctx, b"ok")
         .await
         .map_err(KeysError::SelfTest)?;
-    cipher.decrypt(&ctx, &sealed).map_err(KeysError::SelfTest)?;
-    tracing::info!(key_id = %cipher.active_key_id(), "field encryption ready");
+    probe.decrypt(&ctx, &sealed).map_err(KeysError::SelfTest)?;
+    let reserved = ledger
+        .reserved(cipher.active_key_id())
+        .await
+        .map_err(KeysError::Ledger)?;
+    tracing::info!(key_id = %cipher.active_key_id(), reserved, "field encryption ready");
     Ok(cipher)
 }
