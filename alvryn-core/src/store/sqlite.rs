@@ -568,6 +568,19 @@ fn family_from_row(r: &Row<'_>) -> rusqlite::Result<Result<RefreshFamily, StoreE
     }))
 }
 
+/// The one row `sql` selects (or returns), if any, read by `f`: the
+/// shape of every point read and every single-row write.
+fn row<T>(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Option<T>, StoreError> {
+    c.prepare_cached(sql)
+        .and_then(|mut s| s.query_row(params, f).optional())
+        .map_err(unavailable)
+}
+
 fn is_constraint(e: &rusqlite::Error, codes: &[std::ffi::c_int]) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if codes.contains(&f.extended_code))
 }
@@ -613,22 +626,24 @@ impl UserStore for SqliteStore {
 
     async fn user_by_id(&self, id: &str) -> Result<Option<User>, StoreError> {
         self.read(|c| {
-            c.prepare_cached(
+            row(
+                c,
                 "SELECT id, email, password_hash, plan, created_at_ms FROM users WHERE id = ?1",
-            )
-            .and_then(|mut s| s.query_row([id], user_from_row).optional())
-            .map_err(unavailable)?
+                [id],
+                user_from_row,
+            )?
             .transpose()
         })
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
         self.read(|c| {
-            c.prepare_cached(
+            row(
+                c,
                 "SELECT id, email, password_hash, plan, created_at_ms FROM users WHERE email = ?1",
-            )
-            .and_then(|mut s| s.query_row([email], user_from_row).optional())
-            .map_err(unavailable)?
+                [email],
+                user_from_row,
+            )?
             .transpose()
         })
     }
@@ -655,16 +670,9 @@ impl UserStore for SqliteStore {
         now_ms: i64,
     ) -> Result<Option<User>, StoreError> {
         self.read(|c| {
-            c.prepare_cached(
-                "SELECT u.id, u.email, u.password_hash, u.plan, u.created_at_ms
+            row(c, "SELECT u.id, u.email, u.password_hash, u.plan, u.created_at_ms
                  FROM refresh_families f JOIN users u ON u.id = f.user_id
-                 WHERE f.id = ?1 AND f.user_id = ?2 AND f.revoked_at_ms IS NULL AND f.expires_at_ms > ?3",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![family_id, user_id, now_ms], user_from_row)
-                    .optional()
-            })
-            .map_err(unavailable)?
+                 WHERE f.id = ?1 AND f.user_id = ?2 AND f.revoked_at_ms IS NULL AND f.expires_at_ms > ?3", params![family_id, user_id, now_ms], user_from_row)?
             .transpose()
         })
     }
@@ -717,13 +725,16 @@ impl SessionStore for SqliteStore {
 
     async fn family(&self, id: &str) -> Result<Option<RefreshFamily>, StoreError> {
         self.read(|c| {
-            c.prepare_cached(concat!(
-                "SELECT ",
-                family_cols!(),
-                " FROM refresh_families WHERE id = ?1"
-            ))
-            .and_then(|mut s| s.query_row([id], family_from_row).optional())
-            .map_err(unavailable)?
+            row(
+                c,
+                concat!(
+                    "SELECT ",
+                    family_cols!(),
+                    " FROM refresh_families WHERE id = ?1"
+                ),
+                [id],
+                family_from_row,
+            )?
             .transpose()
         })
     }
@@ -731,24 +742,21 @@ impl SessionStore for SqliteStore {
     async fn rotate_family(&self, r: &Rotation) -> Result<Option<RefreshFamily>, StoreError> {
         let r = r.clone();
         self.write(move |c| {
-            c.prepare_cached(ROTATE_SQL)
-                .and_then(|mut s| {
-                    s.query_row(
-                        params![
-                            r.family_id,
-                            &r.expected.0[..],
-                            r.now_ms,
-                            &r.next.token_hash.0[..],
-                            r.next.jti,
-                            r.next.issued_at,
-                            r.expires_at_ms
-                        ],
-                        family_from_row,
-                    )
-                    .optional()
-                })
-                .map_err(unavailable)?
-                .transpose()
+            row(
+                c,
+                ROTATE_SQL,
+                params![
+                    r.family_id,
+                    &r.expected.0[..],
+                    r.now_ms,
+                    &r.next.token_hash.0[..],
+                    r.next.jti,
+                    r.next.issued_at,
+                    r.expires_at_ms
+                ],
+                family_from_row,
+            )?
+            .transpose()
         })
         .await
     }
@@ -846,10 +854,13 @@ fn ledger_err(e: StoreError) -> LedgerError {
 }
 
 fn read_reserved(c: &Connection, key: &str) -> Result<i64, StoreError> {
-    c.prepare_cached("SELECT reserved FROM key_usage WHERE key_id = ?1")
-        .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
-        .map_err(unavailable)
-        .map(Option::unwrap_or_default)
+    row(
+        c,
+        "SELECT reserved FROM key_usage WHERE key_id = ?1",
+        [key],
+        |r| r.get(0),
+    )
+    .map(Option::unwrap_or_default)
 }
 
 #[async_trait]
@@ -932,15 +943,12 @@ impl OneTimeStore for SqliteStore {
     ) -> Result<Option<SecretBytes>, StoreError> {
         let (ns, key) = (ns.to_owned(), key.to_owned());
         self.write(move |c| {
-            let taken: Option<(Vec<u8>, i64)> = c
-                .prepare_cached(
-                    "DELETE FROM one_time WHERE ns = ?1 AND key = ?2 RETURNING value, expires_at_ms",
-                )
-                .and_then(|mut s| {
-                    s.query_row([ns, key], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()
-                })
-                .map_err(unavailable)?;
+            let taken: Option<(Vec<u8>, i64)> = row(
+                c,
+                "DELETE FROM one_time WHERE ns = ?1 AND key = ?2 RETURNING value, expires_at_ms",
+                [ns, key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             Ok(taken
                 .map(|(v, exp)| (SecretBytes::new(v), exp))
                 .filter(|(_, exp)| *exp > now_ms)
@@ -1025,17 +1033,17 @@ impl RecordStore for SqliteStore {
 
     async fn record(&self, ns: &str, key: &str, now_ms: i64) -> Result<Option<Record>, StoreError> {
         self.read(|c| {
-            c.prepare_cached(concat!(
-                "SELECT ",
-                record_cols!(),
-                " FROM records
+            row(
+                c,
+                concat!(
+                    "SELECT ",
+                    record_cols!(),
+                    " FROM records
                  WHERE ns = ?1 AND key = ?2 AND (expires_at_ms IS NULL OR expires_at_ms > ?3)"
-            ))
-            .and_then(|mut s| {
-                s.query_row(params![ns, key, now_ms], record_from_row)
-                    .optional()
-            })
-            .map_err(unavailable)?
+                ),
+                params![ns, key, now_ms],
+                record_from_row,
+            )?
             .transpose()
         })
     }
@@ -1117,11 +1125,11 @@ impl RecordStore for SqliteStore {
 }
 
 fn read_version(c: &Connection, ns: &str, key: &str) -> Result<Option<Versioned>, StoreError> {
-    c.prepare_cached(
+    row(
+        c,
         "SELECT ns, key, version, data, updated_at_ms FROM versioned WHERE ns = ?1 AND key = ?2",
-    )
-    .and_then(|mut s| {
-        s.query_row([ns, key], |r| {
+        [ns, key],
+        |r| {
             Ok(Versioned {
                 ns: r.get(0)?,
                 key: r.get(1)?,
@@ -1129,10 +1137,8 @@ fn read_version(c: &Connection, ns: &str, key: &str) -> Result<Option<Versioned>
                 data: r.get(3)?,
                 updated_at_ms: r.get(4)?,
             })
-        })
-        .optional()
-    })
-    .map_err(unavailable)
+        },
+    )
 }
 
 #[async_trait]
@@ -1177,26 +1183,21 @@ impl LeaseStore for SqliteStore {
     async fn acquire(&self, req: &NewLease) -> Result<Option<Lease>, StoreError> {
         let req = req.clone();
         self.write(move |c| {
-            c.prepare_cached(
+            row(
+                c,
                 "INSERT INTO leases (name, holder, fence, expires_at_ms) VALUES (?1, ?2, 1, ?3)
                  ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, fence = leases.fence + 1,
                     expires_at_ms = excluded.expires_at_ms
                  WHERE leases.expires_at_ms <= ?4
                  RETURNING name, holder, fence, expires_at_ms",
+                params![
+                    req.name,
+                    req.holder,
+                    req.now_ms.saturating_add(req.ttl_ms),
+                    req.now_ms
+                ],
+                lease_from_row,
             )
-            .and_then(|mut s| {
-                s.query_row(
-                    params![
-                        req.name,
-                        req.holder,
-                        req.now_ms.saturating_add(req.ttl_ms),
-                        req.now_ms
-                    ],
-                    lease_from_row,
-                )
-                .optional()
-            })
-            .map_err(unavailable)
         })
         .await
     }
@@ -1204,25 +1205,20 @@ impl LeaseStore for SqliteStore {
     async fn renew(&self, lease: &Lease, ttl_ms: i64, now_ms: i64) -> Result<Lease, StoreError> {
         let l = lease.clone();
         self.write(move |c| {
-            c.prepare_cached(
+            row(
+                c,
                 "UPDATE leases SET expires_at_ms = ?4
                  WHERE name = ?1 AND fence = ?2 AND holder = ?3 AND expires_at_ms > ?5
                  RETURNING name, holder, fence, expires_at_ms",
-            )
-            .and_then(|mut s| {
-                s.query_row(
-                    params![
-                        l.name,
-                        l.fence,
-                        l.holder,
-                        now_ms.saturating_add(ttl_ms),
-                        now_ms
-                    ],
-                    lease_from_row,
-                )
-                .optional()
-            })
-            .map_err(unavailable)?
+                params![
+                    l.name,
+                    l.fence,
+                    l.holder,
+                    now_ms.saturating_add(ttl_ms),
+                    now_ms
+                ],
+                lease_from_row,
+            )?
             .ok_or(StoreError::Conflict)
         })
         .await
@@ -1244,11 +1240,12 @@ impl LeaseStore for SqliteStore {
 
     async fn lease(&self, name: &str) -> Result<Option<Lease>, StoreError> {
         self.read(|c| {
-            c.prepare_cached(
+            row(
+                c,
                 "SELECT name, holder, fence, expires_at_ms FROM leases WHERE name = ?1",
+                [name],
+                lease_from_row,
             )
-            .and_then(|mut s| s.query_row([name], lease_from_row).optional())
-            .map_err(unavailable)
         })
     }
 }
