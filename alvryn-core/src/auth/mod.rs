@@ -255,19 +255,6 @@ impl Auth {
         (ms, ms.div_euclid(1000))
     }
 
-    fn sign(
-        &self,
-        kind: TokenKind,
-        user_id: &str,
-        sid: &str,
-        jti: &str,
-        iat: i64,
-    ) -> Result<String, AuthError> {
-        self.keys
-            .sign(&self.keys.claims(kind, user_id, sid, jti, iat))
-            .map_err(|_| AuthError::Internal)
-    }
-
     /// When a refresh token issued at `iat` (seconds) for a session that
     /// began at `created_ms` expires: its lifetime, cut at the session's
     /// absolute end. A function of the family's fields, so a successor
@@ -304,7 +291,14 @@ impl Auth {
         refresh: String,
         now_s: i64,
     ) -> Result<Issued, AuthError> {
-        let access = self.sign(TokenKind::Access, &user.id, sid, &random_id(), now_s)?;
+        let access = self
+            .keys
+            .sign(
+                &self
+                    .keys
+                    .claims(TokenKind::Access, &user.id, sid, &random_id(), now_s),
+            )
+            .map_err(|_| AuthError::Internal)?;
         Ok(Issued {
             access_token: SecretString::new(access),
             refresh_token: SecretString::new(refresh),
