@@ -42,10 +42,15 @@ use crate::crypto::{KeyId, LedgerError, Reservation, UsageLedger};
 use crate::secret::SecretBytes;
 use crate::service::BoxError;
 
-/// A store operation: a request type with its answer.
+/// A store operation: a request type with its answer and its error.
 pub trait Operation: Send + 'static {
     /// What the operation returns.
     type Response: Send + 'static;
+    /// How it fails: [`StoreError`], or the ledger's [`LedgerError`].
+    type Error: std::error::Error + Send + Sync + 'static;
+    /// The error a layer raised (a timeout, an overloaded limit), in this
+    /// operation's error type: the store counts as unavailable.
+    fn layer_error(e: BoxError) -> Self::Error;
 }
 
 /// A (layered) service that answers the operation `R`; what
@@ -103,14 +108,29 @@ impl<S: ?Sized> std::fmt::Debug for StoreService<S> {
     }
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
-
 macro_rules! operations {
     ($(
         $(#[$doc:meta])*
         $trait:ident => $Op:ident { $( $(#[$fdoc:meta])* $field:ident : $fty:ty ),* $(,)? } -> $Resp:ty
+            $(, or $Err:ident :: $wrap:ident)?
             = |$s:ident, $r:ident| $call:expr;
     )*) => {$(
+        // Without `or Error::Variant`, an operation fails with
+        // `StoreError` and a layer's error is `StoreError::Unavailable`:
+        // the given names come first, the defaults fill in.
+        operations!(@one
+            $(#[$doc])*
+            $trait => $Op { $( $(#[$fdoc])* $field : $fty ),* } -> $Resp,
+            or ($($Err)? StoreError) ($($wrap)? Unavailable)
+            = |$s, $r| $call
+        );
+    )*};
+    (@one
+        $(#[$doc:meta])*
+        $trait:ident => $Op:ident { $( $(#[$fdoc:meta])* $field:ident : $fty:ty ),* } -> $Resp:ty,
+        or ($Err:ident $($_default_err:ident)?) ($wrap:ident $($_default_wrap:ident)?)
+        = |$s:ident, $r:ident| $call:expr
+    ) => {
         $(#[$doc])*
         #[derive(Clone)]
         #[non_exhaustive]
@@ -135,14 +155,18 @@ macro_rules! operations {
 
         impl Operation for $Op {
             type Response = $Resp;
+            type Error = $Err;
+            fn layer_error(e: BoxError) -> $Err {
+                $Err::$wrap(e)
+            }
         }
 
         impl<S: $trait + ?Sized> tower::Service<$Op> for StoreService<S> {
             type Response = $Resp;
-            type Error = StoreError;
-            type Future = BoxFuture<$Resp>;
+            type Error = $Err;
+            type Future = Pin<Box<dyn Future<Output = Result<$Resp, $Err>> + Send>>;
 
-            fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), StoreError>> {
+            fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), $Err>> {
                 Poll::Ready(Ok(()))
             }
 
@@ -151,7 +175,7 @@ macro_rules! operations {
                 Box::pin(async move { $call.await })
             }
         }
-    )*};
+    };
 }
 
 operations! {
@@ -272,6 +296,16 @@ operations! {
     /// [`Purge::purge_expired`].
     Purge => PurgeExpired { /** Now, Unix milliseconds. */ now_ms: i64 } -> Purged
         = |s, r| s.purge_expired(r.now_ms);
+
+    /// [`UsageLedger::reserve`].
+    UsageLedger => Reserve {
+        /** The key. */ key: KeyId,
+        /** Encryptions asked for. */ count: u64,
+        /** The key's limit. */ limit: u64,
+    } -> Reservation, or LedgerError::Storage = |s, r| s.reserve(&r.key, r.count, r.limit);
+    /// [`UsageLedger::reserved`].
+    UsageLedger => Reserved { /** The key. */ key: KeyId } -> u64, or LedgerError::Storage
+        = |s, r| s.reserved(&r.key);
 }
 
 /// A (layered) [`StoreService`] used as the store traits: it implements
@@ -293,7 +327,7 @@ impl<T> ServiceStore<T> {
         Self { service }
     }
 
-    async fn op<R: Operation>(&self, req: R) -> Result<R::Response, StoreError>
+    async fn op<R: Operation>(&self, req: R) -> Result<R::Response, R::Error>
     where
         T: Handles<R>,
     {
@@ -302,7 +336,7 @@ impl<T> ServiceStore<T> {
             .clone()
             .oneshot(req)
             .await
-            .map_err(|e| crate::service::from_layer(e, StoreError::Unavailable))
+            .map_err(|e| crate::service::from_layer(e, R::layer_error))
     }
 }
 
@@ -497,80 +531,6 @@ where
     }
 }
 
-/// [`UsageLedger::reserve`].
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct Reserve {
-    /// The key.
-    pub key: KeyId,
-    /// Encryptions asked for.
-    pub count: u64,
-    /// The key's limit.
-    pub limit: u64,
-}
-
-impl Reserve {
-    /// The request.
-    #[must_use]
-    pub fn new(key: KeyId, count: u64, limit: u64) -> Self {
-        Self { key, count, limit }
-    }
-}
-
-/// [`UsageLedger::reserved`].
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct Reserved {
-    /// The key.
-    pub key: KeyId,
-}
-
-impl Reserved {
-    /// The request.
-    #[must_use]
-    pub fn new(key: KeyId) -> Self {
-        Self { key }
-    }
-}
-
-impl<S: UsageLedger + ?Sized> tower::Service<Reserve> for StoreService<S> {
-    type Response = Reservation;
-    type Error = LedgerError;
-    type Future = Pin<Box<dyn Future<Output = Result<Reservation, LedgerError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), LedgerError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, r: Reserve) -> Self::Future {
-        let s = Arc::clone(&self.store);
-        Box::pin(async move { s.reserve(&r.key, r.count, r.limit).await })
-    }
-}
-
-impl<S: UsageLedger + ?Sized> tower::Service<Reserved> for StoreService<S> {
-    type Response = u64;
-    type Error = LedgerError;
-    type Future = Pin<Box<dyn Future<Output = Result<u64, LedgerError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), LedgerError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, r: Reserved) -> Self::Future {
-        let s = Arc::clone(&self.store);
-        Box::pin(async move { s.reserved(&r.key).await })
-    }
-}
-
-impl Operation for Reserve {
-    type Response = Reservation;
-}
-
-impl Operation for Reserved {
-    type Response = u64;
-}
-
 #[async_trait]
 impl<T> UsageLedger for ServiceStore<T>
 where
@@ -582,20 +542,10 @@ where
         count: u64,
         limit: u64,
     ) -> Result<Reservation, LedgerError> {
-        use tower::ServiceExt as _;
-        self.service
-            .clone()
-            .oneshot(Reserve::new(key.clone(), count, limit))
-            .await
-            .map_err(|e| crate::service::from_layer(e, LedgerError::Storage))
+        self.op(Reserve::new(key.clone(), count, limit)).await
     }
 
     async fn reserved(&self, key: &KeyId) -> Result<u64, LedgerError> {
-        use tower::ServiceExt as _;
-        self.service
-            .clone()
-            .oneshot(Reserved::new(key.clone()))
-            .await
-            .map_err(|e| crate::service::from_layer(e, LedgerError::Storage))
+        self.op(Reserved::new(key.clone())).await
     }
 }
