@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 
 use serde_json::{Value, json};
-use support::{Server, alvryn, post_json, raw_request, with_bearer};
+use support::{Server, alvryn, post_json, raw_bytes, raw_request, with_bearer};
 
 const JWT: &str = "e2e-access-secret-0123456789abcdef0123456789";
 const JWT_REFRESH: &str = "e2e-refresh-secret-0123456789abcdef012345678";
@@ -766,4 +766,76 @@ fn bearer_scheme_challenges_and_no_store() {
     );
     assert_eq!(login.status, 401, "{}", login.body);
     assert_eq!(login.header("www-authenticate"), Some("Bearer"));
+}
+
+/// What the HTTP layer refuses before any route sees it still answers in
+/// the API's JSON error shape, with a length that matches the body.
+#[test]
+fn http_layer_errors_carry_the_json_error_body() {
+    let api = Api::start(&[]);
+    let a = api.addr();
+    let long_target = format!("/auth/me?{}", "a".repeat(9 * 1024));
+    let big_header = "b".repeat(40 * 1024);
+    let huge_header = "c".repeat(200 * 1024);
+    let many_headers: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("garbage request line", b"GARBAGE\r\n\r\n".to_vec(), 400, "malformed_request"),
+        (
+            "a header without a colon",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            "a bad method token",
+            b"G(T /healthz HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            400,
+            "malformed_request",
+        ),
+        (
+            "a target over 8 KiB",
+            format!("GET {long_target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").into_bytes(),
+            414,
+            "uri_too_long",
+        ),
+        (
+            "a target over the HTTP layer's own limit",
+            format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "t".repeat(70_000)).into_bytes(),
+            414,
+            "uri_too_long",
+        ),
+        (
+            "40 KiB of headers",
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: {big_header}\r\n\r\n")
+                .into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "200 KiB of headers",
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Huge: {huge_header}\r\n\r\n").into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "150 header fields",
+            format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n").into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+    ];
+    for (what, bytes, status, code) in cases {
+        let r = raw_bytes(a, &bytes);
+        assert_eq!(r.status, status, "{what}: {} {:?}", r.body, r.headers);
+        assert_eq!(r.code(), code, "{what}: {}", r.body);
+        assert_eq!(r.header("content-type"), Some("application/json"), "{what}");
+        assert_eq!(
+            r.header("content-length").and_then(|l| l.parse().ok()),
+            Some(r.body.len()),
+            "{what}: the declared length is the body's"
+        );
+    }
+    // The server is unharmed and still answers normally.
+    assert_eq!(api.server.request("GET", "/healthz", None).0, 200);
+    assert!(!api.server.log().contains("panicked"));
 }

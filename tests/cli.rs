@@ -393,14 +393,28 @@ fn a_taken_port_or_an_unusable_data_folder_is_a_clear_start_up_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
+    // The port is tried first: with a KMS-wrapped key configured against
+    // a KMS that does not answer, the failure is still the port's, at
+    // once, and nothing is created.
     let mut c = alvryn();
-    c.current_dir(dir.path()).args(["serve", "--bind", &addr]);
+    c.current_dir(dir.path())
+        .args(["serve", "--bind", &addr])
+        .env("FIELD_ENCRYPTION_KEY_ENC", "AQIDBAUGBwgJCgsMDQ4PEA==")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_ENDPOINT_URL", format!("http://{addr}"));
     let out = run(c);
     assert_eq!(out.code, 1, "{}", out.stderr);
     assert!(
         out.stderr.contains(&format!("could not listen on {addr}")),
         "{}",
         out.stderr
+    );
+    assert!(!out.stderr.contains("KMS"), "KMS was called: {}", out.stderr);
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "files were created before the port was bound"
     );
 
     let file = dir.path().join("a-file");

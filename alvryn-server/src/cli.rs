@@ -86,6 +86,34 @@ pub enum KeysCommand {
     },
 }
 
+/// The whole `alvryn` program: parses the command line, logs to stderr
+/// (`ALVRYN_LOG` filters, default `info`; colour only on a terminal and
+/// without `NO_COLOR`), and runs the command on a multi-threaded runtime.
+#[must_use]
+pub fn main() -> ExitCode {
+    use std::io::IsTerminal as _;
+
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ALVRYN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("alvryn: cannot start the async runtime: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
 /// Runs a parsed command line to completion.
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
@@ -124,6 +152,23 @@ async fn serve(args: ServeArgs) -> ExitCode {
              set ALVRYN_ENV=production and the full configuration before real use"
         );
     }
+    // The port first: a taken port fails before KMS is called or a file
+    // is created, and `--bind 127.0.0.1:0` learns its port before the
+    // configuration derives BACKEND_URL from it.
+    let listener = match crate::bind(config.bind).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("alvryn: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let config = match listener.local_addr() {
+        Ok(local) => config.bound_to(local),
+        Err(e) => {
+            eprintln!("alvryn: {}", crate::StartupError::Serve(e));
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     let state = match AppState::new(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -131,7 +176,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    match crate::serve(state, crate::shutdown_signal()).await {
+    match crate::serve_on(listener, state, crate::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("alvryn: {e}");

@@ -14,6 +14,7 @@ pub mod error;
 pub mod extract;
 pub mod keys;
 pub mod routes;
+pub mod wire;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,6 +33,12 @@ use crate::dev::{DevSecrets, DevSecretsError, ensure_data_dir};
 
 pub use config::Config;
 pub use error::ApiError;
+
+/// The largest request head (request line and headers) read, in bytes;
+/// beyond it the answer is 431.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// The most header fields a request may carry; beyond it the answer is 431.
+pub const MAX_HEADERS: usize = 100;
 
 /// The embedded database file inside the data folder.
 pub const EMBEDDED_DB_FILE: &str = "alvryn.db";
@@ -210,15 +217,19 @@ pub fn app(state: AppState) -> Router {
     routes::router().with_state(state)
 }
 
-/// Binds `state.config.bind` and serves until `shutdown` completes,
-/// then drains in-flight requests (for at most the request timeout).
+/// Binds `addr` (port 0 picks a free one; read it back with
+/// [`TcpListener::local_addr`]).
 ///
-/// Connections are held to [`config::ConnectionLimits`]: headers (and the
-/// idle wait between kept-alive requests) within the header timeout,
-/// bodies within the body timeout, whole requests within the request
-/// timeout (503 `timeout`), and at most `max_connections` open at once;
-/// beyond it a connection is closed as soon as it is accepted, and the
-/// refusals are logged at most once a minute.
+/// # Errors
+/// [`StartupError::Bind`].
+pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind { addr, source })
+}
+
+/// Binds `state.config.bind` and serves until `shutdown` completes; see
+/// [`serve_on`].
 ///
 /// # Errors
 /// [`StartupError::Bind`] or [`StartupError::Serve`].
@@ -226,16 +237,36 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
+    let listener = bind(state.config.bind).await?;
+    serve_on(listener, state, shutdown).await
+}
+
+/// Serves on `listener` until `shutdown` completes, then drains
+/// in-flight requests (for at most the request timeout). Logs
+/// `listening` with the address (`local=`) once it accepts.
+///
+/// Connections are held to [`config::ConnectionLimits`]: headers (and the
+/// idle wait between kept-alive requests) within the header timeout,
+/// bodies within the body timeout, whole requests within the request
+/// timeout (503 `timeout`), and at most `max_connections` open at once;
+/// beyond it a connection is closed as soon as it is accepted, and the
+/// refusals are logged at most once a minute. A request head is at most
+/// [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] fields (431); the answers the
+/// HTTP layer gives to requests it cannot parse (400, 414, 431) carry
+/// the API's JSON error body (see [`wire`]).
+///
+/// # Errors
+/// [`StartupError::Serve`].
+pub async fn serve_on(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartupError> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::service::TowerToHyperService;
 
-    let addr = state.config.bind;
     let limits = state.config.limits;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartupError::Bind { addr, source })?;
     let local = listener.local_addr().map_err(StartupError::Serve)?;
-    tracing::info!(%local, "listening");
     let app = app(state).layer(
         tower::ServiceBuilder::new()
             .layer(axum::error_handling::HandleErrorLayer::new(
@@ -255,6 +286,7 @@ pub async fn serve(
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut refusals = RefusalLog::default();
+    tracing::info!(%local, "listening");
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -277,8 +309,13 @@ pub async fn serve(
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_timeout)
+            .max_buf_size(MAX_HEAD_BYTES)
+            .max_headers(MAX_HEADERS)
             .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+            .serve_connection(
+                TokioIo::new(wire::JsonErrors::new(stream)),
+                TowerToHyperService::new(app.clone()),
+            );
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             // Closed by the client, a timeout or a protocol error: nothing

@@ -8,20 +8,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `alvryn` binary built next to this test.
+/// The `alvryn` binary, built by Cargo for these tests (it belongs to
+/// this package), so it is never stale.
 pub fn alvryn_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("ALVRYN_BIN") {
-        return PathBuf::from(p);
-    }
-    // target/<profile>/deps/<test> -> target/<profile>/alvryn
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().unwrap().parent().unwrap().join("alvryn");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first (`cargo build -p alvryn-server`, as scripts/test does)",
-        bin.display()
-    );
-    bin
+    PathBuf::from(env!("CARGO_BIN_EXE_alvryn"))
 }
 
 /// A command for the binary with a clean environment: only PATH and HOME
@@ -54,6 +44,8 @@ pub fn run(mut c: Command) -> Output {
     }
 }
 
+/// A port nothing listens on, for tests of an unreachable service. (Never
+/// used to start a server: those bind port 0 and report their address.)
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -70,12 +62,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `alvryn serve` with `c`'s environment on a free port and
-    /// waits until it accepts connections (or panics with its log).
+    /// Starts `alvryn serve` with `c`'s environment on port 0 and waits
+    /// until it logs the address it listens on (or panics with its log).
     pub fn start(mut c: Command) -> Server {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        c.args(["serve", "--bind", &addr.to_string()]);
+        c.args(["serve", "--bind", "127.0.0.1:0"]);
         let mut child = c
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -94,7 +84,8 @@ impl Server {
         });
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if TcpStream::connect(addr).is_ok() {
+            let found = listening_addr(&log.lock().unwrap());
+            if let Some(addr) = found {
                 return Server { child, addr, log };
             }
             if let Some(status) = child.try_wait().unwrap() {
@@ -106,7 +97,7 @@ impl Server {
                 "server did not start:\n{}",
                 log.lock().unwrap()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -125,6 +116,20 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The address in the server's `listening local=ADDR` log line.
+pub fn listening_addr(log: &str) -> Option<SocketAddr> {
+    log.lines()
+        .filter(|l| l.contains("listening"))
+        .find_map(|l| {
+            l.split("local=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
 }
 
 /// A minimal HTTP/1.1 client over a real socket (Connection: close).
@@ -188,6 +193,21 @@ pub fn raw_request(
     s.write_all(req.as_bytes()).unwrap();
     // The server may answer (413) before reading a large body; ignore a reset.
     let _ = s.write_all(body);
+    read_response(s)
+}
+
+/// Sends `bytes` as they are (anything, not necessarily HTTP) and reads
+/// the answer until the server closes the connection.
+pub fn raw_bytes(addr: SocketAddr, bytes: &[u8]) -> Response {
+    use std::io::Write;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    // The server may answer and close before it has read everything.
+    let _ = s.write_all(bytes);
+    read_response(s)
+}
+
+fn read_response(mut s: TcpStream) -> Response {
     let mut resp = Vec::new();
     let _ = s.read_to_end(&mut resp);
     let resp = String::from_utf8_lossy(&resp).into_owned();

@@ -712,6 +712,20 @@ impl Config {
         })
     }
 
+    /// The configuration of a server that has bound `local` (the real
+    /// port when `bind` asked for port 0). A `BACKEND_URL` that was
+    /// derived from the bind address follows it; one that was set stays.
+    #[must_use]
+    pub fn bound_to(mut self, local: SocketAddr) -> Self {
+        if Url::parse(&format!("http://{}", self.bind)).ok().as_ref() == Some(&self.backend_url)
+            && let Ok(url) = Url::parse(&format!("http://{local}"))
+        {
+            self.backend_url = url;
+        }
+        self.bind = local;
+        self
+    }
+
     /// The effective configuration, one line per setting, secrets
     /// replaced by a description. Safe to print and log.
     #[must_use]

@@ -27,6 +27,7 @@ pub fn router() -> Router<AppState> {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(head_limits))
         // 5xx answers are not errors of their own: a real failure is
         // logged where it happens (with its cause), and a `busy` under a
         // flood must not flood the log.
@@ -42,4 +43,45 @@ pub fn router() -> Router<AppState> {
                 "internal error",
             ))
         }))
+}
+
+/// The longest request target (path and query) accepted, in bytes; 414
+/// beyond it.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// The most header bytes (names and values) accepted; 431 beyond it.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Refuses request heads the API never needs, with its JSON errors: a
+/// target over [`MAX_URI_BYTES`] (414) and headers over
+/// [`MAX_HEADER_BYTES`] (431). The HTTP layer's own limits, which answer
+/// the same way, sit above these.
+async fn head_limits(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > MAX_URI_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target must be at most {MAX_URI_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if headers > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the request headers must be at most {MAX_HEADER_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
