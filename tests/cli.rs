@@ -411,7 +411,11 @@ fn a_taken_port_or_an_unusable_data_folder_is_a_clear_start_up_error() {
         "{}",
         out.stderr
     );
-    assert!(!out.stderr.contains("KMS"), "KMS was called: {}", out.stderr);
+    assert!(
+        !out.stderr.contains("KMS"),
+        "KMS was called: {}",
+        out.stderr
+    );
     assert!(
         std::fs::read_dir(dir.path()).unwrap().next().is_none(),
         "files were created before the port was bound"

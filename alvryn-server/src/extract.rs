@@ -62,12 +62,54 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                     too_large()
                 }
-                other => ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_request",
-                    other.body_text(),
+                // The body could not be read: the client stopped sending
+                // it in time, or the connection failed. The transport's
+                // own words stay here; the client gets a fixed message.
+                other if caused_by_timeout(&other) => ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the request body did not arrive in time",
                 ),
+                other => {
+                    tracing::debug!(error = %other, "request body unreadable");
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "the request body could not be read",
+                    )
+                }
             }),
+        }
+    }
+}
+
+/// Whether the body timeout is somewhere in `e`'s causes.
+fn caused_by_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(e), |e| e.source())
+        .any(|e| e.is::<tower_http::timeout::TimeoutError>())
+}
+
+/// A path parameter. A segment that does not decode (bad percent-encoding,
+/// not UTF-8, not the expected type) answers 400 `invalid_path` in the
+/// API's error shape instead of axum's plain text.
+pub struct PathParam<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts<S>
+    for PathParam<T>
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Self(v)),
+            Err(_) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                "a path segment is not valid",
+            )),
         }
     }
 }

@@ -201,20 +201,106 @@ impl AppState {
             .await
             .map_err(|_| StartupError::Passwords)?
             .map_err(|_| StartupError::Passwords)?;
+        Ok(Self::from_parts(Parts {
+            config,
+            store,
+            cipher,
+            jwt,
+            hasher,
+        }))
+    }
+
+    /// Composes the state from parts built elsewhere: an embedding
+    /// service's own store, or a memory store and fault-injecting layers
+    /// in tests. Nothing is read from the environment and nothing is
+    /// checked: the parts are taken as they are.
+    #[must_use]
+    pub fn from_parts(parts: Parts) -> Self {
+        let Parts {
+            config,
+            store,
+            cipher,
+            jwt,
+            hasher,
+        } = parts;
         let auth = Auth::new(store, Arc::new(jwt), hasher)
             .with_grace(config.refresh_grace)
             .with_session_max_age(config.session_max_age);
-        Ok(Self {
+        Self {
             config: Arc::new(config),
             cipher,
             auth,
-        })
+        }
     }
 }
 
-/// The HTTP application.
+/// What an [`AppState`] is made of; see [`AppState::from_parts`].
+#[non_exhaustive]
+pub struct Parts {
+    /// The configuration (its secrets are not used: `jwt` and `cipher`
+    /// are).
+    pub config: Config,
+    /// Accounts and sessions.
+    pub store: Arc<dyn StoreBackend>,
+    /// Field encryption.
+    pub cipher: FieldCipher,
+    /// Token signing and verification.
+    pub jwt: JwtKeys,
+    /// Password hashing.
+    pub hasher: PasswordHasher,
+}
+
+impl std::fmt::Debug for Parts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Parts")
+            .field("config", &self.config)
+            .field("cipher", &self.cipher)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Parts {
+    /// Every part.
+    #[must_use]
+    pub fn new(
+        config: Config,
+        store: Arc<dyn StoreBackend>,
+        cipher: FieldCipher,
+        jwt: JwtKeys,
+        hasher: PasswordHasher,
+    ) -> Self {
+        Self {
+            config,
+            store,
+            cipher,
+            jwt,
+            hasher,
+        }
+    }
+}
+
+/// The HTTP application, with the per-request limits of the
+/// configuration: a body must arrive within the body timeout, and a
+/// request is answered within the request timeout or with 503 `timeout`.
+/// [`serve_on`] adds the connection limits.
 pub fn app(state: AppState) -> Router {
-    routes::router().with_state(state)
+    let limits = state.config.limits;
+    routes::router().with_state(state).layer(
+        tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(
+                |_: tower::BoxError| async {
+                    ApiError::new(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "timeout",
+                        "the request took too long; try again",
+                    )
+                },
+            ))
+            .timeout(limits.request_timeout)
+            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+                limits.body_timeout,
+            )),
+    )
 }
 
 /// Binds `addr` (port 0 picks a free one; read it back with
@@ -267,22 +353,7 @@ pub async fn serve_on(
 
     let limits = state.config.limits;
     let local = listener.local_addr().map_err(StartupError::Serve)?;
-    let app = app(state).layer(
-        tower::ServiceBuilder::new()
-            .layer(axum::error_handling::HandleErrorLayer::new(
-                |_: tower::BoxError| async {
-                    ApiError::new(
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        "timeout",
-                        "the request took too long; try again",
-                    )
-                },
-            ))
-            .timeout(limits.request_timeout)
-            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-                limits.body_timeout,
-            )),
-    );
+    let app = app(state);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut refusals = RefusalLog::default();

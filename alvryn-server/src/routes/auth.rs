@@ -7,7 +7,7 @@
 use alvryn_core::auth::{AuthError, Issued, Principal};
 use alvryn_core::secret::SecretString;
 use alvryn_core::store::RefreshFamily;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, PathParam};
 
 /// The routes.
 pub fn router() -> Router<AppState> {
@@ -221,7 +221,7 @@ async fn sessions(State(s): State<AppState>, Bearer(p): Bearer) -> Result<Respon
 async fn revoke_session(
     State(s): State<AppState>,
     Bearer(p): Bearer,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
 ) -> Result<StatusCode, ApiError> {
     if id.len() > 128 || !s.auth.revoke_session(&p, &id).await? {
         return Err(ApiError::new(

@@ -1,0 +1,317 @@
+//! The HTTP application in process, driven with `tower::ServiceExt::oneshot`
+//! and no socket: what socket tests cannot arrange. The state is built
+//! from parts (`AppState::from_parts`) over a memory store behind a
+//! fault-injecting tower layer, so a test can make the store fail, panic
+//! or hang on demand, and send request bodies that fail mid-stream.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
+
+use alvryn::core::SecretBytes;
+use alvryn::core::auth::{HashParams, PasswordHasher};
+use alvryn::core::crypto::{FieldCipher, KeyMaterial, KeySet};
+use alvryn::core::store::{MemoryStore, ServiceStore, StoreBackend, StoreService};
+use alvryn::core::token::{HmacSecrets, JwtKeys, JwtSettings};
+use alvryn::server::config::{Config, Overrides};
+use alvryn::server::{AppState, Parts, app};
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use serde_json::{Value, json};
+use tower::ServiceExt as _;
+
+/// Words that appear only in the injected failures: a client must never
+/// see them.
+const STORE_SECRET: &str = "mongodb://app:hunter2@db.internal";
+const TRANSPORT_SECRET: &str = "reset by 10.0.0.7:51544 while reading secret-frame";
+
+/// What the store does with the next operation.
+#[derive(Clone, Copy)]
+#[repr(u8)]
+enum Mode {
+    Serve = 0,
+    Fail = 1,
+    Panic = 2,
+    Hang = 3,
+}
+
+/// A tower layer over the store's service view that serves, fails,
+/// panics or never answers, as the test switches it.
+#[derive(Clone)]
+struct Faulty<S> {
+    inner: S,
+    mode: Arc<AtomicU8>,
+}
+
+impl<S, R> tower::Service<R> for Faulty<S>
+where
+    S: tower::Service<R> + Clone + Send + 'static,
+    S::Error: Into<tower::BoxError>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    R: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = tower::BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, tower::BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        let mode = self.mode.load(Ordering::SeqCst);
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            match mode {
+                m if m == Mode::Fail as u8 => Err(format!(
+                    "connection refused: {STORE_SECRET} (server selection timeout)"
+                )
+                .into()),
+                m if m == Mode::Panic as u8 => panic!("the store exploded: {STORE_SECRET}"),
+                m if m == Mode::Hang as u8 => {
+                    std::future::pending::<()>().await;
+                    unreachable!()
+                }
+                _ => fut.await.map_err(Into::into),
+            }
+        })
+    }
+}
+
+struct Harness {
+    state: AppState,
+    mode: Arc<AtomicU8>,
+}
+
+impl Harness {
+    /// A state over a memory store, with 1 s request and body timeouts.
+    fn new() -> Harness {
+        let vars: HashMap<&str, &str> = [
+            ("ALVRYN_REQUEST_TIMEOUT_SECONDS", "1"),
+            ("ALVRYN_BODY_TIMEOUT_SECONDS", "1"),
+        ]
+        .into();
+        let config = Config::from_lookup(
+            &|name| vars.get(name).map(OsString::from),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let mode = Arc::new(AtomicU8::new(Mode::Serve as u8));
+        let memory = Arc::new(MemoryStore::new());
+        let store: Arc<dyn StoreBackend> = Arc::new(ServiceStore::new(Faulty {
+            inner: StoreService::from_arc(memory),
+            mode: Arc::clone(&mode),
+        }));
+        let cipher = FieldCipher::builder(KeySet::single(KeyMaterial::fingerprinted(
+            SecretBytes::copy_from(&[7; 32]),
+        )))
+        .ledger(Arc::new(alvryn::core::crypto::MemoryLedger::new()))
+        .build()
+        .unwrap();
+        let secret = |b: u8| HmacSecrets::new(&SecretBytes::copy_from(&[b; 32]), None).unwrap();
+        let jwt = JwtKeys::new(
+            JwtSettings::new("http://in-process.test", "alvryn"),
+            secret(1),
+            secret(2),
+        );
+        // Small argon2 parameters: these tests are about the HTTP layer.
+        let hasher = PasswordHasher::new(HashParams {
+            memory_kib: 1024,
+            iterations: 1,
+            parallelism: 1,
+        })
+        .unwrap();
+        Harness {
+            state: AppState::from_parts(Parts::new(config, store, cipher, jwt, hasher)),
+            mode,
+        }
+    }
+
+    fn set(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    async fn send(&self, req: Request<Body>) -> (StatusCode, Value, String) {
+        let resp = app(self.state.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let json_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v == "application/json");
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        assert!(json_type, "{status}: not JSON: {text}");
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, body, text)
+    }
+
+    /// Signs up (the store serving) and returns the access token.
+    async fn signup(&self, email: &str) -> String {
+        self.signup_tokens(email).await.0
+    }
+
+    /// Signs up and returns the access and refresh tokens.
+    async fn signup_tokens(&self, email: &str) -> (String, String) {
+        let (status, body, text) = self
+            .send(json_post(
+                "/auth/signup",
+                &json!({"email": email, "password": "correct horse battery staple"}),
+            ))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{text}");
+        let token = |name: &str| body[name].as_str().unwrap().to_owned();
+        (token("access_token"), token("refresh_token"))
+    }
+}
+
+fn json_post(path: &str, body: &Value) -> Request<Body> {
+    Request::post(path)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+fn with_bearer(method: &str, path: &str, token: &str) -> Request<Body> {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn a_store_outage_is_503_unavailable_and_names_nothing_inside() {
+    let h = Harness::new();
+    let (token, refresh) = h.signup_tokens("outage@example.com").await;
+    h.set(Mode::Fail);
+    let requests = [
+        json_post(
+            "/auth/signup",
+            &json!({"email": "new@example.com", "password": "correct horse battery staple"}),
+        ),
+        json_post(
+            "/auth/login",
+            &json!({"email": "outage@example.com", "password": "correct horse battery staple"}),
+        ),
+        json_post("/auth/refresh", &json!({ "refresh_token": refresh })),
+        with_bearer("GET", "/auth/me", &token),
+        with_bearer("GET", "/auth/sessions", &token),
+    ];
+    for req in requests {
+        let path = req.uri().path().to_owned();
+        let (status, body, text) = h.send(req).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {text}");
+        assert_eq!(code(&body), "unavailable", "{path}: {text}");
+        assert!(!text.contains("hunter2"), "{path}: {text}");
+        assert!(!text.contains("connection refused"), "{path}: {text}");
+    }
+    // Back up: nothing was lost, the same tokens work again.
+    h.set(Mode::Serve);
+    let (status, _, text) = h.send(with_bearer("GET", "/auth/me", &token)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let (status, _, text) = h
+        .send(json_post(
+            "/auth/refresh",
+            &json!({ "refresh_token": refresh }),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+}
+
+#[tokio::test]
+async fn a_panic_is_a_json_500_and_the_server_goes_on() {
+    let h = Harness::new();
+    let token = h.signup("panic@example.com").await;
+    h.set(Mode::Panic);
+    let (status, body, text) = h.send(with_bearer("GET", "/auth/me", &token)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{text}");
+    assert_eq!(code(&body), "internal");
+    assert!(
+        !text.contains("exploded") && !text.contains("hunter2"),
+        "{text}"
+    );
+    h.set(Mode::Serve);
+    let (status, _, text) = h.send(with_bearer("GET", "/auth/me", &token)).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+}
+
+#[tokio::test]
+async fn a_hanging_store_is_503_timeout_within_the_request_timeout() {
+    let h = Harness::new();
+    let token = h.signup("hang@example.com").await;
+    h.set(Mode::Hang);
+    let (status, body, text) = h.send(with_bearer("GET", "/auth/me", &token)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert_eq!(code(&body), "timeout", "{text}");
+}
+
+#[tokio::test]
+async fn a_bad_path_segment_is_a_json_400() {
+    let h = Harness::new();
+    let token = h.signup("path@example.com").await;
+    // Percent-encoding that is not UTF-8, and one that is cut short.
+    for path in ["/auth/sessions/%FF%FE", "/auth/sessions/%C3"] {
+        let (status, body, text) = h.send(with_bearer("DELETE", path, &token)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {text}");
+        assert_eq!(code(&body), "invalid_path", "{path}: {text}");
+    }
+    // A well-formed id that names no session is still a 404.
+    let (status, body, _) = h
+        .send(with_bearer("DELETE", "/auth/sessions/nope", &token))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(code(&body), "not_found");
+}
+
+#[tokio::test]
+async fn a_body_that_fails_mid_stream_is_a_400_without_the_transport_error() {
+    let h = Harness::new();
+    let chunks: Vec<Result<&'static str, std::io::Error>> = vec![
+        Ok(r#"{"email":"a@example.com","#),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            TRANSPORT_SECRET,
+        )),
+    ];
+    let req = Request::post("/auth/login")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(futures_util::stream::iter(chunks)))
+        .unwrap();
+    let (status, body, text) = h.send(req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert_eq!(code(&body), "invalid_request", "{text}");
+    assert!(
+        !text.contains("secret-frame") && !text.contains("10.0.0.7"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_408_body_timeout() {
+    let h = Harness::new();
+    let first: Result<&'static str, std::io::Error> = Ok(r#"{"email":"#);
+    let stream = futures_util::StreamExt::chain(
+        futures_util::stream::iter(vec![first]),
+        futures_util::stream::pending(),
+    );
+    let req = Request::post("/auth/login")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap();
+    let (status, body, text) = h.send(req).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{text}");
+    assert_eq!(code(&body), "body_timeout", "{text}");
+}
