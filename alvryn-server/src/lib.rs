@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use alvryn_core::auth::{Auth, HashParams, PasswordHasher};
 use alvryn_core::crypto::FieldCipher;
+use alvryn_core::oauth::OAuthLogin;
 use alvryn_core::store::mongo::MongoStore;
 use alvryn_core::store::sqlite::SqliteStore;
 use alvryn_core::store::{StoreBackend, StoreError};
@@ -52,6 +53,8 @@ pub struct AppState {
     pub cipher: FieldCipher,
     /// Accounts and sessions.
     pub auth: Auth,
+    /// Sign-in with Google and Microsoft, provider links and tokens.
+    pub oauth: OAuthLogin,
 }
 
 /// Why the server could not start.
@@ -223,13 +226,24 @@ impl AppState {
             jwt,
             hasher,
         } = parts;
-        let auth = Auth::new(store, Arc::new(jwt), hasher)
+        let auth = Auth::new(Arc::clone(&store) as _, Arc::new(jwt), hasher)
             .with_grace(config.refresh_grace)
             .with_session_max_age(config.session_max_age);
+        let mut oauth = OAuthLogin::builder(
+            store,
+            auth.clone(),
+            cipher.clone(),
+            config.backend_url.clone(),
+            config.frontend_url.clone(),
+        );
+        for settings in [&config.google, &config.microsoft].into_iter().flatten() {
+            oauth = oauth.provider(settings.clone());
+        }
         Self {
             config: Arc::new(config),
             cipher,
             auth,
+            oauth: oauth.build(),
         }
     }
 }

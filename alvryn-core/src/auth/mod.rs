@@ -184,7 +184,7 @@ fn secs(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
-fn random_id() -> String {
+pub(crate) fn random_id() -> String {
     let mut b = [0u8; 16];
     rand::fill(&mut b[..]);
     URL_SAFE_NO_PAD.encode(b)
@@ -337,6 +337,30 @@ impl Auth {
         };
         self.store.create_family(&family).await?;
         self.issue(user, &sid, refresh, now_s)
+    }
+
+    /// Starts a session for a user who proved who they are another way
+    /// (a provider login).
+    ///
+    /// # Errors
+    /// `InvalidToken` when the user no longer exists; `Store`.
+    pub async fn start_session_for(
+        &self,
+        user_id: &str,
+        user_agent: Option<&str>,
+    ) -> Result<Issued, AuthError> {
+        let user = self
+            .store
+            .user_by_id(user_id)
+            .await?
+            .ok_or(AuthError::InvalidToken)?;
+        self.start_session(user, user_agent).await
+    }
+
+    /// The clock this uses.
+    #[must_use]
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// Creates an account and its first session.

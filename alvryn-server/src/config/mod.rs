@@ -17,6 +17,8 @@
 //! | `STRIPE_PRICE_MAP` / `STRIPE_PRICE_MAP_JSON` | which plan each price grants: `price_a:pro,price_b:team` or JSON |
 //! | `STRIPE_EVENT_S3_BUCKET` | S3 bucket for the raw webhook archive |
 //! | `GOOGLE_CLIENT_ID/SECRET`, `MICROSOFT_CLIENT_ID/SECRET` | OAuth clients; each pair all or nothing |
+//! | `MICROSOFT_TENANT` | `common` (default), `organizations`, `consumers`, a tenant id or domain |
+//! | `GOOGLE_DISCOVERY_URL` + `GOOGLE_ISSUER`, `MICROSOFT_DISCOVERY_URL` + `MICROSOFT_ISSUER` | another OpenID provider (sovereign cloud, tests); the Microsoft issuer may contain `{tenantid}` |
 //! | `FIELD_ENCRYPTION_KEY` / `FIELD_ENCRYPTION_KEY_ENC` | field key: 32 raw bytes or base64, or a KMS-wrapped blob |
 //! | `FIELD_ENCRYPTION_PREVIOUS_KEYS` / `FIELD_ENCRYPTION_PREVIOUS_KEYS_ENC` | comma-separated decrypt-only keys (base64) or KMS blobs |
 //! | `FIELD_ENCRYPTION_KMS_KEY_ID` | optional: the KMS key the blobs must come from (recommended) |
@@ -31,6 +33,8 @@ use std::path::PathBuf;
 use alvryn_core::billing::PriceMap;
 use alvryn_core::key::kms::WrappedKey;
 use alvryn_core::key::parse_key;
+use alvryn_core::oauth::oidc::IssuerRule;
+use alvryn_core::oauth::{Provider, ProviderSettings};
 use alvryn_core::secret::{SecretBytes, SecretString};
 use url::Url;
 
@@ -97,15 +101,6 @@ pub enum FieldKeys {
     },
     /// Development only: generate (or reuse) a key in the data folder.
     DevGenerated,
-}
-
-/// An OAuth client registration.
-#[derive(Clone, Debug)]
-pub struct OAuthClient {
-    /// The public client id.
-    pub client_id: String,
-    /// The client secret.
-    pub client_secret: SecretString,
 }
 
 /// Stripe settings.
@@ -189,9 +184,9 @@ pub struct Config {
     /// Raw webhook archive bucket.
     pub stripe_event_bucket: Option<String>,
     /// Google login, when configured.
-    pub google: Option<OAuthClient>,
+    pub google: Option<ProviderSettings>,
     /// Microsoft login, when configured.
-    pub microsoft: Option<OAuthClient>,
+    pub microsoft: Option<ProviderSettings>,
     /// Field-encryption keys.
     pub field_keys: FieldKeys,
 }
@@ -305,24 +300,94 @@ impl Reader<'_> {
         Some(secret)
     }
 
-    fn oauth(&mut self, id_var: &'static str, secret_var: &'static str) -> Option<OAuthClient> {
-        let id = self.text(id_var);
-        let secret = self.text(secret_var).map(SecretString::new);
-        match (id, secret) {
-            (Some(client_id), Some(client_secret)) => Some(OAuthClient {
-                client_id: client_id.trim().to_owned(),
-                client_secret,
-            }),
-            (None, None) => None,
-            (Some(_), None) => {
-                self.problem(secret_var, format!("is required when {id_var} is set"));
-                None
-            }
-            (None, Some(_)) => {
-                self.problem(id_var, format!("is required when {secret_var} is set"));
+    /// An optional absolute http(s) URL.
+    fn optional_url(&mut self, var: &'static str) -> Option<Url> {
+        let text = self.text(var)?;
+        match Url::parse(text.trim()) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
+            _ => {
+                self.problem(var, "must be an absolute http(s) URL");
                 None
             }
         }
+    }
+
+    /// A provider's client (`{P}_CLIENT_ID`/`_SECRET`, all or nothing),
+    /// and where its discovery document and issuer are when not the
+    /// provider's own (`{P}_DISCOVERY_URL` and `{P}_ISSUER`, together;
+    /// for Microsoft the issuer may hold `{tenantid}`).
+    fn oauth(&mut self, provider: Provider) -> Option<ProviderSettings> {
+        let [id_var, secret_var, discovery_var, issuer_var] = match provider {
+            Provider::Google => [
+                "GOOGLE_CLIENT_ID",
+                "GOOGLE_CLIENT_SECRET",
+                "GOOGLE_DISCOVERY_URL",
+                "GOOGLE_ISSUER",
+            ],
+            Provider::Microsoft => [
+                "MICROSOFT_CLIENT_ID",
+                "MICROSOFT_CLIENT_SECRET",
+                "MICROSOFT_DISCOVERY_URL",
+                "MICROSOFT_ISSUER",
+            ],
+        };
+        let id = self.text(id_var);
+        let secret = self.text(secret_var).map(SecretString::new);
+        let discovery = self.optional_url(discovery_var);
+        let issuer = self.text(issuer_var).map(|i| i.trim().to_owned());
+        let tenant = match provider {
+            Provider::Microsoft => self.text("MICROSOFT_TENANT"),
+            Provider::Google => None,
+        };
+        let (client_id, client_secret) = match (id, secret) {
+            (Some(id), Some(secret)) => (id.trim().to_owned(), secret),
+            (None, None) => return None,
+            (Some(_), None) => {
+                self.problem(secret_var, format!("is required when {id_var} is set"));
+                return None;
+            }
+            (None, Some(_)) => {
+                self.problem(id_var, format!("is required when {secret_var} is set"));
+                return None;
+            }
+        };
+        let mut settings = match provider {
+            Provider::Google => ProviderSettings::google(client_id, client_secret),
+            Provider::Microsoft => {
+                let tenant = tenant.as_deref().map_or("common", str::trim);
+                match ProviderSettings::microsoft(client_id, client_secret, tenant) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.problem("MICROSOFT_TENANT", e.to_string());
+                        return None;
+                    }
+                }
+            }
+        };
+        match (discovery, issuer) {
+            (Some(discovery), Some(issuer)) => {
+                let rule = if issuer.contains("{tenantid}") {
+                    IssuerRule::TenantTemplate(issuer)
+                } else {
+                    IssuerRule::Exact(issuer)
+                };
+                settings = settings.with_endpoints(discovery, rule);
+            }
+            (None, None) => {}
+            (Some(_), None) => {
+                self.problem(
+                    issuer_var,
+                    format!("is required when {discovery_var} is set"),
+                );
+            }
+            (None, Some(_)) => {
+                self.problem(
+                    discovery_var,
+                    format!("is required when {issuer_var} is set"),
+                );
+            }
+        }
+        Some(settings)
     }
 
     fn limits(&mut self) -> ConnectionLimits {
@@ -629,8 +694,8 @@ impl Config {
         let frontend_url = r.url("FRONTEND_URL");
         let stripe = r.stripe();
         let stripe_event_bucket = r.bucket();
-        let google = r.oauth("GOOGLE_CLIENT_ID", "GOOGLE_CLIENT_SECRET");
-        let microsoft = r.oauth("MICROSOFT_CLIENT_ID", "MICROSOFT_CLIENT_SECRET");
+        let google = r.oauth(Provider::Google);
+        let microsoft = r.oauth(Provider::Microsoft);
         let field_keys = r.field_keys();
         // Development mode generates missing secrets per data folder. Two
         // instances sharing a database, or one reachable from elsewhere
@@ -805,7 +870,12 @@ impl Config {
                 name,
                 client.as_ref().map_or_else(
                     || format!("{unset}; login disabled"),
-                    |c| format!("{} (secret redacted)", c.client_id),
+                    |c| {
+                        format!(
+                            "{} (secret redacted); discovery {}",
+                            c.client_id, c.discovery_url
+                        )
+                    },
                 ),
             );
         }

@@ -95,13 +95,13 @@ struct RefreshBody {
     refresh_token: SecretString,
 }
 
-fn user_agent(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn user_agent(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::USER_AGENT)
         .and_then(|v| v.to_str().ok())
 }
 
-fn tokens(status: StatusCode, issued: &Issued) -> Response {
+pub(crate) fn tokens(status: StatusCode, issued: &Issued) -> Response {
     let body = json!({
         "access_token": issued.access_token.expose(),
         "refresh_token": issued.refresh_token.expose(),
@@ -172,7 +172,17 @@ struct Me {
     id: String,
     email: String,
     plan: alvryn_core::billing::PlanName,
-    providers: [&'static str; 0],
+    /// Whether the account can sign in with a password.
+    has_password: bool,
+    providers: Vec<LinkedProvider>,
+}
+
+/// A provider linked to the caller: never a token.
+#[derive(Serialize)]
+struct LinkedProvider {
+    provider: &'static str,
+    email: Option<String>,
+    linked_at: String,
 }
 
 /// Personal data: never kept by a browser or a shared cache.
@@ -183,13 +193,25 @@ fn no_store(body: impl IntoResponse) -> Response {
     resp
 }
 
-async fn me(Bearer(p): Bearer) -> Response {
-    no_store(Json(Me {
+async fn me(State(s): State<AppState>, Bearer(p): Bearer) -> Result<Response, ApiError> {
+    let providers = s
+        .oauth
+        .links(&p.user.id)
+        .await?
+        .into_iter()
+        .map(|l| LinkedProvider {
+            provider: l.provider.as_str(),
+            email: l.email,
+            linked_at: rfc3339(l.linked_at_ms),
+        })
+        .collect();
+    Ok(no_store(Json(Me {
         id: p.user.id,
         email: p.user.email,
         plan: p.user.plan,
-        providers: [],
-    }))
+        has_password: p.user.password_hash.is_some(),
+        providers,
+    })))
 }
 
 fn rfc3339(ms: i64) -> String {

@@ -1,6 +1,7 @@
 //! HTTP routes, one resource per module.
 
 pub mod auth;
+pub mod oauth;
 pub mod ops;
 
 use axum::Router;
@@ -18,6 +19,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .merge(ops::router())
         .merge(auth::router())
+        .merge(oauth::router())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -1,0 +1,131 @@
+//! `/auth/oauth/*`: sign-in with Google and Microsoft.
+//!
+//! `start` sends the browser to the provider; the provider sends it back
+//! to `callback`, which sends it on to the frontend with a one-time `code`
+//! (or an `error` code), never with our tokens; the frontend trades the
+//! code for tokens at `exchange`, once.
+
+use alvryn_core::oauth::{CallbackParams, OAuthError, Provider};
+use alvryn_core::secret::SecretString;
+use axum::Router;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde::Deserialize;
+
+use super::auth::{Bearer, tokens, user_agent};
+use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, PathParam};
+
+/// The routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/auth/oauth/{provider}/start", get(start))
+        .route("/auth/oauth/{provider}/callback", get(callback))
+        .route("/auth/oauth/exchange", post(exchange))
+        .route("/auth/oauth/{provider}", delete(unlink))
+}
+
+impl From<OAuthError> for ApiError {
+    fn from(e: OAuthError) -> Self {
+        use StatusCode as S;
+        let status = match &e {
+            OAuthError::NotConfigured(_) | OAuthError::NotLinked(_) => S::NOT_FOUND,
+            OAuthError::InvalidRedirect | OAuthError::InvalidCode => S::BAD_REQUEST,
+            OAuthError::LastSignInMethod | OAuthError::AlreadyLinked => S::CONFLICT,
+            OAuthError::ProviderUnavailable(_) => {
+                tracing::warn!(error = %e, "identity provider unavailable");
+                S::SERVICE_UNAVAILABLE
+            }
+            OAuthError::Store(inner) => {
+                tracing::error!(error = %inner, "store failure");
+                S::SERVICE_UNAVAILABLE
+            }
+            OAuthError::Auth(_) | OAuthError::Cipher(_) => return ApiError::internal(&e),
+            _ => S::BAD_REQUEST,
+        };
+        let message = match &e {
+            OAuthError::Store(_) => "the service is temporarily unavailable".to_owned(),
+            other => other.to_string(),
+        };
+        ApiError::new(status, e.code(), message)
+    }
+}
+
+fn provider(name: &str) -> Result<Provider, ApiError> {
+    Provider::parse(name).ok_or_else(ApiError::not_found)
+}
+
+/// A 302 to `location` that no cache keeps.
+fn found(location: &url::Url) -> Result<Response, ApiError> {
+    let value = HeaderValue::from_str(location.as_str()).map_err(|e| ApiError::internal(&e))?;
+    let mut resp = StatusCode::FOUND.into_response();
+    resp.headers_mut().insert(header::LOCATION, value);
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
+/// The first value of each parameter of a query string (a repeated
+/// parameter keeps its first value; nothing in a query is an error).
+fn param(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+async fn start(
+    State(s): State<AppState>,
+    PathParam(name): PathParam<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let redirect_to = param(query.as_deref(), "redirect_to");
+    let started = s
+        .oauth
+        .start(provider(&name)?, redirect_to.as_deref())
+        .await?;
+    found(&started.authorization_url)
+}
+
+async fn callback(
+    State(s): State<AppState>,
+    PathParam(name): PathParam<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let p = provider(&name)?;
+    if !s.oauth.is_configured(p) {
+        return Err(OAuthError::NotConfigured(p).into());
+    }
+    let q = query.as_deref();
+    let params = CallbackParams {
+        code: param(q, "code"),
+        state: param(q, "state"),
+        error: param(q, "error"),
+    };
+    found(&s.oauth.callback(p, &params).await)
+}
+
+#[derive(Deserialize)]
+struct ExchangeBody {
+    code: SecretString,
+}
+
+async fn exchange(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(b): JsonBody<ExchangeBody>,
+) -> Result<Response, ApiError> {
+    let issued = s.oauth.exchange(&b.code, user_agent(&headers)).await?;
+    Ok(tokens(StatusCode::OK, &issued))
+}
+
+async fn unlink(
+    State(s): State<AppState>,
+    Bearer(p): Bearer,
+    PathParam(name): PathParam<String>,
+) -> Result<StatusCode, ApiError> {
+    s.oauth.unlink(&p.user.id, provider(&name)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
