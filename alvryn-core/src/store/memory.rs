@@ -304,6 +304,7 @@ impl RecordStore for MemoryStore {
                         .as_ref()
                         .is_none_or(|o| r.owner.as_ref() == Some(o))
                     && filter.status.is_none_or(|st| r.status == st)
+                    && filter.after.as_ref().is_none_or(|c| c.precedes(r))
             })
             .cloned()
             .collect();

@@ -288,6 +288,7 @@ impl MongoStore {
                 RECORDS,
                 vec![
                     plain(doc! { "_id.ns": 1, "created_at": 1, "_id.key": 1 }),
+                    plain(doc! { "_id.ns": 1, "status": 1, "created_at": 1, "_id.key": 1 }),
                     plain(doc! { "_id.ns": 1, "owner": 1, "created_at": 1 }),
                     plain(doc! { "expires_at": 1 }),
                 ],
@@ -1053,6 +1054,15 @@ impl RecordStore for MongoStore {
         }
         if let Some(status) = filter.status {
             query.insert("status", i64::from(status));
+        }
+        if let Some(after) = &filter.after {
+            query.insert(
+                "$and",
+                vec![doc! { "$or": [
+                    { "created_at": { "$gt": date(after.created_at_ms) } },
+                    { "created_at": date(after.created_at_ms), "_id.key": { "$gt": &after.key } },
+                ] }],
+            );
         }
         // A limit of 0 is "no limit" for MongoDB too.
         let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX);

@@ -114,6 +114,38 @@ pub struct RecordFilter {
     pub status: Option<u32>,
     /// At most this many (0 means no limit).
     pub limit: usize,
+    /// Only records after this one in the listing order (oldest first,
+    /// then by key): the next page after a page that ended with it. Pages
+    /// read this way visit every record that stays live once, with flat
+    /// memory, whatever else changes meanwhile (a record whose status
+    /// moves keeps its place).
+    pub after: Option<RecordCursor>,
+}
+
+/// A place in a namespace's listing order; see [`RecordFilter::after`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordCursor {
+    /// The record's creation time.
+    pub created_at_ms: i64,
+    /// Its key.
+    pub key: String,
+}
+
+impl RecordCursor {
+    /// The place of `record`.
+    #[must_use]
+    pub fn of(record: &Record) -> Self {
+        Self {
+            created_at_ms: record.created_at_ms,
+            key: record.key.clone(),
+        }
+    }
+
+    /// Whether `record` comes after this place.
+    #[must_use]
+    pub fn precedes(&self, record: &Record) -> bool {
+        (record.created_at_ms, record.key.as_str()) > (self.created_at_ms, self.key.as_str())
+    }
 }
 
 /// Insert-if-absent by key, with a status that only moves forward.

@@ -151,6 +151,13 @@ const MIGRATIONS: &[&str] = &[
     // 4: the token two rotations back, for a slow tab.
     "ALTER TABLE refresh_families ADD COLUMN older_hash BLOB;
      ALTER TABLE refresh_families ADD COLUMN older_rotated_at_ms INTEGER;",
+    // 5: listings page through a namespace in order (oldest first, then
+    // by key), with or without a status, from an index range.
+    "CREATE INDEX records_page ON records(ns, created_at_ms, key);
+     DROP INDEX records_status;
+     CREATE INDEX records_status ON records(ns, status, created_at_ms, key);
+     DROP INDEX records_owner;
+     CREATE INDEX records_owner ON records(ns, owner, created_at_ms, key);",
 ];
 
 /// How long a connection waits for another process's lock.
@@ -1085,16 +1092,37 @@ impl RecordStore for SqliteStore {
         };
         let (ns, filter) = (ns.to_owned(), filter.clone());
         self.read_listing(move |c| {
-            let mut stmt = c
-                .prepare_cached(concat!(
-                    "SELECT ",
-                    record_cols!(),
-                    " FROM records
-                     WHERE ns = ?1 AND (?2 IS NULL OR owner = ?2) AND (?3 IS NULL OR status = ?3)
-                       AND (expires_at_ms IS NULL OR expires_at_ms > ?4)
-                     ORDER BY created_at_ms, key LIMIT ?5"
-                ))
-                .map_err(unavailable)?;
+            // One statement per shape of the filter, each planned on the
+            // index that serves it (a prepared statement is planned once,
+            // not per binding): owner, status, or the whole namespace.
+            macro_rules! listing {
+                ($where:literal) => {
+                    concat!(
+                        "SELECT ",
+                        record_cols!(),
+                        " FROM records WHERE ns = ?1 AND ",
+                        $where,
+                        " AND (expires_at_ms IS NULL OR expires_at_ms > ?4)
+                          AND (created_at_ms, key) > (?6, ?7)
+                          ORDER BY created_at_ms, key LIMIT ?5"
+                    )
+                };
+            }
+            let sql = match (&filter.owner, filter.status) {
+                (Some(_), Some(_)) => listing!("owner = ?2 AND status = ?3"),
+                (Some(_), None) => listing!("owner = ?2 AND ?3 IS NULL"),
+                (None, Some(_)) => listing!("?2 IS NULL AND status = ?3"),
+                (None, None) => listing!("?2 IS NULL AND ?3 IS NULL"),
+            };
+            let mut stmt = c.prepare_cached(sql).map_err(unavailable)?;
+            // Without a cursor, from before the first record: one
+            // statement, and the comparison stays an index range.
+            let (after_ms, after_key) = filter
+                .after
+                .as_ref()
+                .map_or((i64::MIN, String::new()), |c| {
+                    (c.created_at_ms, c.key.clone())
+                });
             let rows = stmt
                 .query_map(
                     params![
@@ -1102,7 +1130,9 @@ impl RecordStore for SqliteStore {
                         filter.owner,
                         filter.status.map(i64::from),
                         now_ms,
-                        limit
+                        limit,
+                        after_ms,
+                        after_key
                     ],
                     record_from_row,
                 )
