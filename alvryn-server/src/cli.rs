@@ -42,6 +42,33 @@ pub enum Command {
     /// Manage field-encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Data migrations (dry run unless --run).
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
+}
+
+/// `alvryn migrate ...`
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// Seal the provider refresh tokens an older version stored in plaintext.
+    EncryptRefreshTokens(MigrateArgs),
+    /// Re-seal every provider token under the active key after a rotation,
+    /// and report how many values still use each old key.
+    Rewrap(MigrateArgs),
+}
+
+/// Options of every migration.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Apply the migration (without it, only count).
+    #[arg(long)]
+    pub run: bool,
+    /// Records read per page.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch: u32,
+    /// Folder for the embedded store and development secrets.
+    #[arg(long, env = "ALVRYN_DATA_DIR", default_value = "./alvryn-data")]
+    pub data_dir: PathBuf,
 }
 
 /// Where to listen and keep data.
@@ -126,6 +153,28 @@ pub async fn run(cli: Cli) -> ExitCode {
             output,
             force,
         }) => keys_generate(kms_key_id, output, force).await,
+        Command::Migrate(m) => {
+            let (migration, args) = match m {
+                MigrateCommand::EncryptRefreshTokens(a) => {
+                    (crate::migrate::Migration::EncryptRefreshTokens, a)
+                }
+                MigrateCommand::Rewrap(a) => (crate::migrate::Migration::Rewrap, a),
+            };
+            let overrides = Overrides {
+                bind: None,
+                data_dir: Some(args.data_dir),
+            };
+            let config = match load_config(&overrides) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let options = alvryn_core::oauth::migrate::MigrationOptions {
+                run: args.run,
+                batch: args.batch as usize,
+                ..Default::default()
+            };
+            crate::migrate::run(config, migration, options).await
+        }
     }
 }
 

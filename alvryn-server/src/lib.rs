@@ -13,6 +13,7 @@ pub mod dev;
 pub mod error;
 pub mod extract;
 pub mod keys;
+pub mod migrate;
 pub mod routes;
 pub mod wire;
 
@@ -115,6 +116,36 @@ pub enum StartupError {
     Serve(#[source] std::io::Error),
 }
 
+/// Opens the configured store: MongoDB when `MONGO_URI` is set, else the
+/// embedded SQLite file in the data folder (created if missing).
+///
+/// # Errors
+/// [`StartupError::Store`], [`StartupError::DataDir`].
+pub async fn open_store(config: &Config) -> Result<Arc<dyn StoreBackend>, StartupError> {
+    Ok(match &config.mongo_uri {
+        Some(uri) => Arc::new(MongoStore::connect(uri.expose()).await.map_err(|source| {
+            StartupError::Store {
+                which: "MongoDB",
+                source,
+            }
+        })?),
+        None => {
+            ensure_data_dir(&config.data_dir).map_err(|source| StartupError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+            Arc::new(
+                SqliteStore::open(config.data_dir.join(EMBEDDED_DB_FILE))
+                    .await
+                    .map_err(|source| StartupError::Store {
+                        which: "embedded",
+                        source,
+                    })?,
+            )
+        }
+    })
+}
+
 impl AppState {
     /// Composes the state from a validated configuration: opens the store
     /// (MongoDB when `MONGO_URI` is set, else the embedded SQLite file in
@@ -140,25 +171,7 @@ impl AppState {
         } else {
             None
         };
-        let store: Arc<dyn StoreBackend> = match &config.mongo_uri {
-            Some(uri) => Arc::new(MongoStore::connect(uri.expose()).await.map_err(|source| {
-                StartupError::Store {
-                    which: "MongoDB",
-                    source,
-                }
-            })?),
-            None => {
-                data_dir()?;
-                Arc::new(
-                    SqliteStore::open(config.data_dir.join(EMBEDDED_DB_FILE))
-                        .await
-                        .map_err(|source| StartupError::Store {
-                            which: "embedded",
-                            source,
-                        })?,
-                )
-            }
-        };
+        let store = open_store(&config).await?;
         let keys = keys::load_key_set(&config, dev.as_ref().map(|d| &d.field_key))
             .await
             .map_err(StartupError::Keys)?;

@@ -25,11 +25,15 @@ pub mod oidc;
 
 mod flow;
 mod links;
+pub mod migrate;
 mod tokens;
 
 pub use flow::{CallbackParams, LoginStarted, OAuthLogin};
 pub use links::ProviderLink;
-pub use tokens::{ProviderTokens, TOKEN_NS, TokenRecord};
+pub use tokens::{
+    ProviderTokens, STATUS_FIRST_SEALED, STATUS_PLAINTEXT, TOKEN_COLLECTION, TOKEN_NS, TokenRecord,
+    token_key,
+};
 
 use crate::secret::SecretString;
 use oidc::IssuerRule;
