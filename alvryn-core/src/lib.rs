@@ -28,6 +28,8 @@ pub mod auth;
 pub mod billing;
 pub mod crypto;
 pub mod key;
+#[cfg(feature = "oauth")]
+pub mod oauth;
 pub mod secret;
 mod service;
 pub mod store;

@@ -1,0 +1,1 @@
+//! ID-token verification against the test OpenID provider (filled in next).
