@@ -615,8 +615,7 @@ impl OidcProvider {
         let metadata = self.metadata().await?;
         if !metadata
             .id_token_signing_alg_values_supported
-            .iter()
-            .any(|a| *a == header.alg)
+            .contains(&header.alg)
         {
             return Err(OidcError::InvalidToken("algorithm"));
         }
@@ -685,10 +684,10 @@ impl OidcProvider {
         seen: &Arc<KeySet>,
     ) -> Result<Arc<KeySet>, OidcError> {
         let mut state = self.inner.jwks.lock().await;
-        if let Some(keys) = &state.keys {
-            if !Arc::ptr_eq(keys, seen) {
-                return Ok(keys.clone());
-            }
+        if let Some(keys) = &state.keys
+            && !Arc::ptr_eq(keys, seen)
+        {
+            return Ok(keys.clone());
         }
         let now = Instant::now();
         if state
