@@ -240,7 +240,7 @@ fn refused(r: Result<IdTokenClaims, OidcError>) -> &'static str {
 }
 
 #[tokio::test]
-async fn a_normal_login_verifies_for_both_flavors() {
+async fn oidc_a_normal_login_verifies_for_both_flavors() {
     let Some(base) = mock_url() else { return };
     let _shared = EXCLUSIVE.read().await;
     let mock = Mock::new(base);
@@ -289,7 +289,7 @@ async fn a_normal_login_verifies_for_both_flavors() {
 }
 
 #[tokio::test]
-async fn refusals_for_both_flavors() {
+async fn oidc_refusals_for_both_flavors() {
     let Some(base) = mock_url() else { return };
     let _shared = EXCLUSIVE.read().await;
     let mock = Mock::new(base);
@@ -383,7 +383,7 @@ async fn refusals_for_both_flavors() {
 }
 
 #[tokio::test]
-async fn the_issuer_rules() {
+async fn oidc_the_issuer_rules() {
     let Some(base) = mock_url() else { return };
     let _shared = EXCLUSIVE.read().await;
     let mock = Mock::new(base);
@@ -442,7 +442,7 @@ async fn the_issuer_rules() {
 }
 
 #[tokio::test]
-async fn unknown_kid_refetches_once_per_interval() {
+async fn oidc_unknown_kid_refetches_once_per_interval() {
     let Some(base) = mock_url() else { return };
     let _alone = EXCLUSIVE.write().await;
     let mock = Mock::new(base);
@@ -531,7 +531,7 @@ async fn unknown_kid_refetches_once_per_interval() {
 }
 
 #[tokio::test]
-async fn an_unreachable_provider_is_unavailable() {
+async fn oidc_an_unreachable_provider_is_unavailable() {
     let Some(base) = mock_url() else { return };
     let _shared = EXCLUSIVE.read().await;
     let mock = Mock::new(base);
@@ -570,7 +570,7 @@ async fn an_unreachable_provider_is_unavailable() {
 }
 
 #[tokio::test]
-async fn refresh_tokens_rotate_and_work_once() {
+async fn oidc_refresh_tokens_rotate_and_work_once() {
     let Some(base) = mock_url() else { return };
     let _shared = EXCLUSIVE.read().await;
     let mock = Mock::new(base);
