@@ -65,8 +65,7 @@ struct Row {
     text_ratio: f64,
 }
 
-// Indices of the variants.
-const RAW: usize = 0;
+// Indices of the variants (`raw` is 0).
 const BOUND: usize = 1;
 const ENVELOPE: usize = 2;
 const TEXT: usize = 3;
