@@ -61,10 +61,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let provider = KeyFileProvider { path: key_file };
     let keys = provider.load().await?;
-    let cipher = FieldCipher::builder(keys)
-        // Counts encryptions durably so no key seals more than 2^32 values.
-        .ledger(Arc::new(FileLedger::new(dir.path().join("usage.json"))))
-        .build()?;
+    // The ledger counts encryptions durably so no key seals more than 2^32
+    // values; the builder requires one.
+    let ledger = Arc::new(FileLedger::new(dir.path().join("usage.json")));
+    let cipher = FieldCipher::builder(keys, ledger).build()?;
 
     // Store `sealed` in your database; the context ties it to this record.
     let ctx = FieldContext::new("customers", "cus_QXg1o8vcGmoR32", "tax_id");

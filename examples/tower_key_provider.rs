@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use alvryn_core::crypto::{FieldCipher, FieldContext, KeyMaterial, KeySet};
+use alvryn_core::crypto::{FieldCipher, FieldContext, KeyMaterial, KeySet, MemoryLedger};
 use alvryn_core::key::{KeyError, KeyProvider, KeyProviderService, ServiceKeyProvider};
 use async_trait::async_trait;
 use tower::ServiceBuilder;
@@ -80,7 +80,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "the first attempt timed out and was retried"
     );
 
-    let cipher = FieldCipher::builder(keys).build()?;
+    // An in-memory ledger is enough for an example; a real deployment
+    // passes its store (or a `FileLedger`) so counts survive restarts.
+    let cipher = FieldCipher::builder(keys, Arc::new(MemoryLedger::new())).build()?;
     let ctx = FieldContext::new("users", "user-7", "phone");
     let sealed = cipher.encrypt(&ctx, b"+44 20 7946 0000").await?;
     assert_eq!(cipher.decrypt(&ctx, &sealed)?.expose(), b"+44 20 7946 0000");

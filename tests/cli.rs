@@ -70,7 +70,7 @@ fn restarts_reuse_the_generated_key_and_spend_no_encryptions() {
             .await
             .unwrap();
         store
-            .reserved(&alvryn_core::crypto::KeyId::new(&ids[0]).unwrap())
+            .reserved(&alvryn_core::crypto::KeyFingerprint::parse(&ids[0]).unwrap())
             .await
             .unwrap()
     });

@@ -7,7 +7,11 @@ mod support;
 
 use std::process::Command;
 
-use alvryn_core::crypto::{AeadBackend, FieldCipher, FieldContext, KeyId, KeyMaterial, KeySet};
+use std::sync::Arc;
+
+use alvryn_core::crypto::{
+    AeadBackend, FieldCipher, FieldContext, KeyId, KeyMaterial, KeySet, MemoryLedger,
+};
 use alvryn_core::secret::SecretBytes;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -84,10 +88,11 @@ async fn python_decrypts_what_rust_encrypts_from_the_documented_format() {
                 &b"long record id"[..],
             ),
         ] {
-            let cipher = FieldCipher::builder(KeySet::single(active))
-                .backend(backend)
-                .build()
-                .unwrap();
+            let cipher =
+                FieldCipher::builder(KeySet::single(active), Arc::new(MemoryLedger::new()))
+                    .backend(backend)
+                    .build()
+                    .unwrap();
             let text = cipher.encrypt(&ctx, plain).await.unwrap();
             assert_eq!(
                 python_decrypt(&python, &key, &ctx, &text).as_deref(),

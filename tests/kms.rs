@@ -4,7 +4,9 @@
 
 mod support;
 
-use alvryn_core::crypto::{FieldCipher, FieldContext, KeyId, KeyMaterial, KeySet};
+use std::sync::Arc;
+
+use alvryn_core::crypto::{FieldCipher, FieldContext, KeyId, KeyMaterial, KeySet, MemoryLedger};
 use alvryn_core::key::kms::{WrappedKey, generate_wrapped_key};
 use alvryn_core::key::{KeyError, KeyProvider, KmsKeyProvider};
 use alvryn_core::secret::SecretBytes;
@@ -39,7 +41,9 @@ async fn a_kms_wrapped_key_unwraps_and_encrypts_fields() {
     assert_eq!(keys.active.key(), &plain);
     assert_eq!(keys.active.id(), &KeyId::fingerprint(&plain));
 
-    let from_kms = FieldCipher::builder(keys).build().unwrap();
+    let from_kms = FieldCipher::builder(keys, Arc::new(MemoryLedger::new()))
+        .build()
+        .unwrap();
     let sealed = from_kms
         .encrypt(&CTX, b"ya29.provider-access-token")
         .await
@@ -49,9 +53,12 @@ async fn a_kms_wrapped_key_unwraps_and_encrypts_fields() {
         b"ya29.provider-access-token"
     );
     // The plaintext copy is the same key: it opens what the KMS key sealed.
-    let from_copy = FieldCipher::builder(KeySet::single(KeyMaterial::fingerprinted(plain)))
-        .build()
-        .unwrap();
+    let from_copy = FieldCipher::builder(
+        KeySet::single(KeyMaterial::fingerprinted(plain)),
+        Arc::new(MemoryLedger::new()),
+    )
+    .build()
+    .unwrap();
     assert_eq!(
         from_copy.decrypt(&CTX, &sealed).unwrap().expose(),
         b"ya29.provider-access-token"

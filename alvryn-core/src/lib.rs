@@ -11,12 +11,16 @@
 //! trait.
 //!
 //! ```
-//! use alvryn_core::crypto::{FieldCipher, FieldContext, KeyMaterial, KeySet};
+//! use std::sync::Arc;
+//! use alvryn_core::crypto::{FieldCipher, FieldContext, FileLedger, KeyMaterial, KeySet};
 //! use alvryn_core::secret::SecretBytes;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let key = KeyMaterial::fingerprinted(SecretBytes::random(32)?);
-//! let cipher = FieldCipher::builder(KeySet::single(key)).build()?;
+//! # let dir = tempfile::tempdir()?;
+//! // The ledger counts each key's encryptions durably; it is always named.
+//! let ledger = Arc::new(FileLedger::new(dir.path().join("usage.json")));
+//! let cipher = FieldCipher::builder(KeySet::single(key), ledger).build()?;
 //! let ctx = FieldContext::new("users", "user-42", "ssn");
 //! let stored: String = cipher.encrypt(&ctx, b"078-05-1120").await?;
 //! assert_eq!(cipher.decrypt(&ctx, &stored)?.expose(), b"078-05-1120");

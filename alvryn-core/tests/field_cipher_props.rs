@@ -10,6 +10,7 @@ use std::fmt::Debug;
 
 use alvryn_core::crypto::{
     AeadBackend, CipherError, FieldCipher, FieldContext, KEY_LEN, KeyId, KeyMaterial, KeySet,
+    MemoryLedger,
 };
 use alvryn_core::secret::SecretBytes;
 use base64::Engine as _;
@@ -53,7 +54,10 @@ fn material(key: &Key) -> KeyMaterial {
 }
 
 fn cipher_with(keys: KeySet, backend: AeadBackend) -> FieldCipher {
-    FieldCipher::builder(keys).backend(backend).build().unwrap()
+    FieldCipher::builder(keys, std::sync::Arc::new(MemoryLedger::new()))
+        .backend(backend)
+        .build()
+        .unwrap()
 }
 
 fn cipher(key: &Key, backend: AeadBackend) -> FieldCipher {

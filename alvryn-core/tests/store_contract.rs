@@ -58,7 +58,7 @@ use alvryn_core::auth::{
     AUDIT_REFRESH_GRACE, AUDIT_REFRESH_REUSED, Auth, AuthError, Clock, HashParams, PasswordHasher,
 };
 use alvryn_core::billing::PlanName;
-use alvryn_core::crypto::{KeyId, LedgerError, UsageLedger};
+use alvryn_core::crypto::{KeyFingerprint, LedgerError, UsageLedger};
 use alvryn_core::secret::{SecretBytes, SecretString};
 use alvryn_core::store::sqlite::SqliteStore;
 use alvryn_core::store::{
@@ -820,7 +820,7 @@ async fn audit_events_are_kept_in_order(c: Ctx) {
 }
 
 async fn the_ledger_never_grants_past_the_limit(c: Ctx) {
-    let key = KeyId::new("k-contract").unwrap();
+    let key = ledger_key_of("k-contract");
     assert_eq!(c.store.reserved(&key).await.unwrap(), 0);
     let results = concurrently(16, |_| {
         let s = Arc::clone(&c.store);
@@ -2444,8 +2444,14 @@ impl ProcOp {
 const TAKE_VALUE: &[u8] = b"the one verifier";
 const WINDOW_MS: i64 = 60_000;
 
-fn ledger_key() -> KeyId {
-    KeyId::new("k-two-processes").unwrap()
+fn ledger_key() -> KeyFingerprint {
+    ledger_key_of("k-two-processes")
+}
+
+/// The ledger's key for the key made of `seed`'s bytes, repeated.
+fn ledger_key_of(seed: &str) -> KeyFingerprint {
+    let bytes: Vec<u8> = seed.bytes().cycle().take(32).collect();
+    KeyFingerprint::of(&alvryn_core::secret::SecretBytes::new(bytes))
 }
 
 /// A child's role: open the shared file, say `ready`, wait for `go` on

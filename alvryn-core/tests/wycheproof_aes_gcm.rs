@@ -215,14 +215,17 @@ fn every_backend_is_compiled_in() {
 #[cfg(feature = "aws-lc")]
 #[tokio::test]
 async fn field_cipher_values_cross_backends() {
-    use alvryn_core::crypto::{FieldCipher, FieldContext, KeyMaterial, KeySet};
+    use alvryn_core::crypto::{FieldCipher, FieldContext, KeyMaterial, KeySet, MemoryLedger};
 
     let key = SecretBytes::copy_from(&[0x5a; KEY_LEN]);
     let make = |backend| {
-        FieldCipher::builder(KeySet::single(KeyMaterial::fingerprinted(key.clone())))
-            .backend(backend)
-            .build()
-            .unwrap()
+        FieldCipher::builder(
+            KeySet::single(KeyMaterial::fingerprinted(key.clone())),
+            std::sync::Arc::new(MemoryLedger::new()),
+        )
+        .backend(backend)
+        .build()
+        .unwrap()
     };
     let rust = make(AeadBackend::RustCrypto);
     let aws = make(AeadBackend::AwsLc);

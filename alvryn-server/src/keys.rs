@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use alvryn_core::crypto::{FieldCipher, FieldContext, KeyMaterial, KeySet, UsageLedger};
+use alvryn_core::crypto::{
+    FieldCipher, FieldContext, KeyMaterial, KeySet, MemoryLedger, UsageLedger,
+};
 use alvryn_core::key::{KeyError, KeyProvider, KmsKeyProvider, StaticKeyProvider};
 use alvryn_core::secret::SecretBytes;
 
@@ -94,16 +96,18 @@ pub async fn field_cipher(
     keys: KeySet,
     ledger: Arc<dyn UsageLedger>,
 ) -> Result<FieldCipher, KeysError> {
-    let cipher = FieldCipher::builder(keys)
-        .ledger(Arc::clone(&ledger))
+    let cipher = FieldCipher::builder(keys, Arc::clone(&ledger))
         .build()
         .map_err(KeysError::SelfTest)?;
     // A public probe key that protects nothing, counted in a ledger of
-    // its own in memory.
+    // its own in memory (deliberately: its count has nothing to protect).
     let probe_key = SecretBytes::copy_from(&[0x5a; 32]);
-    let probe = FieldCipher::builder(KeySet::single(KeyMaterial::fingerprinted(probe_key)))
-        .build()
-        .map_err(KeysError::SelfTest)?;
+    let probe = FieldCipher::builder(
+        KeySet::single(KeyMaterial::fingerprinted(probe_key)),
+        Arc::new(MemoryLedger::new()),
+    )
+    .build()
+    .map_err(KeysError::SelfTest)?;
     let ctx = FieldContext::new("alvryn", "startup", "self-test");
     let sealed = probe
         .encrypt(&ctx, b"ok")
@@ -111,9 +115,14 @@ pub async fn field_cipher(
         .map_err(KeysError::SelfTest)?;
     probe.decrypt(&ctx, &sealed).map_err(KeysError::SelfTest)?;
     let reserved = ledger
-        .reserved(cipher.active_key_id())
+        .reserved(cipher.active_key_fingerprint())
         .await
         .map_err(KeysError::Ledger)?;
-    tracing::info!(key_id = %cipher.active_key_id(), reserved, "field encryption ready");
+    tracing::info!(
+        key_id = %cipher.active_key_id(),
+        fingerprint = %cipher.active_key_fingerprint(),
+        reserved,
+        "field encryption ready"
+    );
     Ok(cipher)
 }

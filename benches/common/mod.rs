@@ -3,9 +3,11 @@
 
 use std::hint::black_box;
 
+use std::sync::Arc;
+
 use alvryn::core::crypto::{
-    AeadBackend, AeadKey, FieldCipher, FieldContext, KEY_LEN, KeyMaterial, KeySet, NONCE_LEN,
-    TAG_LEN,
+    AeadBackend, AeadKey, FieldCipher, FieldContext, KEY_LEN, KeyMaterial, KeySet, MemoryLedger,
+    NONCE_LEN, TAG_LEN,
 };
 use alvryn::core::secret::SecretBytes;
 
@@ -37,14 +39,12 @@ pub fn bound_aad() -> Vec<u8> {
     aad
 }
 
-/// A fresh random nonce, drawn as the envelope draws it.
-pub fn random_nonce() -> [u8; NONCE_LEN] {
-    use rand::Rng as _;
-    let mut rng = rand::rng();
-    let mut nonce = [0u8; NONCE_LEN];
-    nonce[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
-    nonce[8..].copy_from_slice(&rng.next_u32().to_le_bytes());
-    nonce
+/// A fresh random nonce, drawn as the envelope draws it: from the
+/// backend's fork-safe generator (`aws_lc_rs::rand` on aws-lc, the
+/// operating system on rustcrypto).
+#[inline]
+pub fn random_nonce(key: &AeadKey) -> [u8; NONCE_LEN] {
+    key.random_nonce().unwrap()
 }
 
 pub fn raw_key(backend: AeadBackend) -> AeadKey {
@@ -52,11 +52,12 @@ pub fn raw_key(backend: AeadBackend) -> AeadKey {
 }
 
 /// A fresh cipher, so no key comes anywhere near its 2^32 limit; ledger
-/// blocks of 2^24 make (in-memory) refills rare.
+/// blocks of 2^24 from the first make (in-memory) refills rare.
 pub fn field_cipher(backend: AeadBackend) -> FieldCipher {
     let key = KeyMaterial::fingerprinted(SecretBytes::copy_from(&KEY));
-    FieldCipher::builder(KeySet::single(key))
+    FieldCipher::builder(KeySet::single(key), Arc::new(MemoryLedger::new()))
         .backend(backend)
+        .first_block(1 << 24)
         .block_size(1 << 24)
         .build()
         .unwrap()
@@ -87,7 +88,7 @@ pub fn seal_raw(key: &AeadKey, pt: &[u8]) -> Vec<u8> {
 /// the prebuilt associated data `aad`.
 #[inline]
 pub fn seal_bound(key: &AeadKey, aad: &[u8], pt: &[u8]) -> Vec<u8> {
-    let nonce = random_nonce();
+    let nonce = random_nonce(key);
     let mut buf = Vec::with_capacity(NONCE_LEN + pt.len() + TAG_LEN);
     buf.extend_from_slice(&nonce);
     buf.extend_from_slice(black_box(pt));

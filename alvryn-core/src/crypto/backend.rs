@@ -8,6 +8,31 @@
 //!
 //! Both produce byte-identical output for the same key, nonce, associated
 //! data and plaintext, so a value sealed by one opens with the other.
+//!
+//! Each backend also draws the random nonces for its keys
+//! ([`AeadKey::random_nonce`]) from a generator that a `fork()` cannot
+//! make repeat the parent's output:
+//!
+//! * `AwsLc`: `aws_lc_rs::rand` (AWS-LC's `RAND_bytes`): a per-thread
+//!   CTR-DRBG that checks AWS-LC's "uniqueness-breaking event" generation
+//!   number before every draw. On Linux that number lives in a page
+//!   marked `MADV_WIPEONFORK` (`MAP_INHERIT_ZERO` on the BSDs): the
+//!   kernel hands the child of any fork (`fork()`, or a raw `clone`
+//!   without `CLONE_VM`) a zeroed copy, the generation no longer matches,
+//!   and the child's generator reseeds from the OS before its first
+//!   output. Where that detection is unavailable, AWS-LC reseeds every
+//!   state that is not freshly seeded on every call
+//!   (`rand_check_ctr_drbg_uniqueness` in `crypto/fipsmodule/rand/rand.c`).
+//! * `RustCrypto`: the operating system, on every nonce (`getrandom`:
+//!   the `getrandom(2)` system call on Linux). The generator's state is
+//!   in the kernel, not in the process, so a fork copies none of it.
+//!   This costs a system call per encryption where glibc has no vDSO
+//!   `getrandom` (before 2.41); the field-encryption benches measure it.
+//!   A faster userspace generator would have to detect forks itself,
+//!   which takes `madvise` or `pthread_atfork`, both `unsafe` to call
+//!   (this workspace forbids `unsafe`), or a pid check, which is itself a
+//!   system call and misses a grandchild that reuses a pid.
+//!
 //! This is the building block under [`FieldCipher`](super::FieldCipher);
 //! it is public so tests can run known-answer vectors and benchmarks can
 //! measure the envelope's cost against it.
@@ -16,7 +41,7 @@ use std::fmt;
 
 use aes_gcm::{AeadInOut, Aes256Gcm, KeyInit};
 
-use crate::secret::SecretBytes;
+use crate::secret::{RandomError, SecretBytes};
 
 /// Key length of AES-256 in bytes.
 pub const KEY_LEN: usize = 32;
@@ -141,6 +166,23 @@ impl AeadKey {
             #[cfg(feature = "aws-lc")]
             Inner::AwsLc(_) => AeadBackend::AwsLc,
         }
+    }
+
+    /// A fresh random nonce from this backend's fork-safe generator (see
+    /// the module documentation).
+    ///
+    /// # Errors
+    /// [`RandomError`] when the generator fails (the operating system
+    /// cannot provide randomness); no nonce is returned.
+    #[inline]
+    pub fn random_nonce(&self) -> Result<[u8; NONCE_LEN], RandomError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        match self.inner {
+            Inner::RustCrypto(_) => getrandom::fill(&mut nonce).map_err(|_| RandomError)?,
+            #[cfg(feature = "aws-lc")]
+            Inner::AwsLc(_) => aws_lc_rs::rand::fill(&mut nonce).map_err(|_| RandomError)?,
+        }
+        Ok(nonce)
     }
 
     /// Encrypts `in_out` in place and returns the tag.

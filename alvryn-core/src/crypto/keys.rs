@@ -42,22 +42,91 @@ impl KeyId {
     /// so the id reveals nothing usable about the key.
     #[must_use]
     pub fn fingerprint(key: &SecretBytes) -> Self {
-        let mut h = Sha256::new();
-        h.update(b"alvryn.key-id.v1");
-        h.update(key.expose());
-        let digest = h.finalize();
-        let mut s = String::with_capacity(17);
-        s.push('k');
-        for b in &digest[..8] {
-            s.push_str(&format!("{b:02x}"));
-        }
-        Self(s.into())
+        Self(fingerprint_of(key))
     }
 
     /// The id as text.
     #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+/// `k` followed by the first 8 bytes of `SHA-256("alvryn.key-id.v1" ||
+/// key)` in hex: 17 characters.
+fn fingerprint_of(key: &SecretBytes) -> Box<str> {
+    use std::fmt::Write as _;
+    let mut h = Sha256::new();
+    h.update(b"alvryn.key-id.v1");
+    h.update(key.expose());
+    let digest = h.finalize();
+    let mut s = String::with_capacity(17);
+    s.push('k');
+    for b in &digest[..8] {
+        let _ = write!(s, "{b:02x}");
+    }
+    s.into()
+}
+
+/// What the [usage ledger](super::ledger) counts encryptions under: a
+/// fingerprint of the key *bytes*, not the key's label.
+///
+/// Two labels for the same key bytes share one count (they seal under the
+/// same key, so they share its 2^32 bound); two different keys that happen
+/// to carry the same label never do. The text is the same as the default
+/// key id, [`KeyId::fingerprint`]: `k` followed by 16 hex digits of
+/// `SHA-256("alvryn.key-id.v1" || key)`. That hash is one-way and already
+/// public in every ciphertext of a fingerprinted key, so the ledger learns
+/// nothing about the key; and a ledger written when counts were kept under
+/// labels, by a deployment using the default ids, carries on under the
+/// very same entries.
+///
+/// Failure modes: two different keys whose fingerprints collide (64 bits
+/// of SHA-256: about 2^-64 for any one pair) share a count, which retires
+/// both early; a count is never split, so the bound holds.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyFingerprint(Box<str>);
+
+impl KeyFingerprint {
+    /// The fingerprint of `key`.
+    #[must_use]
+    pub fn of(key: &SecretBytes) -> Self {
+        Self(fingerprint_of(key))
+    }
+
+    /// Reads a fingerprint back from its text (`k` and 16 lowercase hex
+    /// digits), e.g. from a ledger or a log line; `None` otherwise.
+    #[must_use]
+    pub fn parse(text: &str) -> Option<Self> {
+        let hex = text.strip_prefix('k')?;
+        (hex.len() == 16 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| Self(text.into()))
+    }
+
+    /// The ledger entry under which versions before fingerprints counted
+    /// the key labelled `id`. Only read, to carry an old count over to the
+    /// fingerprint (see [`FieldCipher`](super::FieldCipher)); never
+    /// reserved under.
+    pub(crate) fn legacy_label(id: &KeyId) -> Self {
+        Self(id.as_str().into())
+    }
+
+    /// The fingerprint as text: the ledger's key for this key's count.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for KeyFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyFingerprint({})", self.0)
     }
 }
 
@@ -91,21 +160,29 @@ pub struct InvalidKeyId;
 pub struct KeyMaterial {
     id: KeyId,
     key: SecretBytes,
+    fingerprint: KeyFingerprint,
 }
 
 impl KeyMaterial {
     /// Pairs a key with an explicit id.
     #[must_use]
     pub fn new(id: KeyId, key: SecretBytes) -> Self {
-        Self { id, key }
+        let fingerprint = KeyFingerprint::of(&key);
+        Self {
+            id,
+            key,
+            fingerprint,
+        }
     }
 
     /// A key whose id is its [`KeyId::fingerprint`].
     #[must_use]
     pub fn fingerprinted(key: SecretBytes) -> Self {
+        let fingerprint = KeyFingerprint::of(&key);
         Self {
-            id: KeyId::fingerprint(&key),
+            id: KeyId(fingerprint.0.clone()),
             key,
+            fingerprint,
         }
     }
 
@@ -119,6 +196,12 @@ impl KeyMaterial {
     #[must_use]
     pub fn key(&self) -> &SecretBytes {
         &self.key
+    }
+
+    /// What the usage ledger counts this key's encryptions under.
+    #[must_use]
+    pub fn fingerprint(&self) -> &KeyFingerprint {
+        &self.fingerprint
     }
 }
 
@@ -188,6 +271,32 @@ mod tests {
         let id = KeyId::fingerprint(&a);
         assert_eq!(id.as_str().len(), 17);
         assert!(KeyId::new(id.as_str()).is_ok());
+    }
+
+    #[test]
+    fn ledger_fingerprints_follow_the_bytes_not_the_label() {
+        let bytes = SecretBytes::copy_from(&[3u8; 32]);
+        let a = KeyMaterial::new(KeyId::new("a").unwrap(), bytes.clone());
+        let b = KeyMaterial::new(KeyId::new("b").unwrap(), bytes.clone());
+        let other = KeyMaterial::new(KeyId::new("a").unwrap(), SecretBytes::copy_from(&[4u8; 32]));
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), other.fingerprint());
+        // The same text as the default key id, and it parses back.
+        let f = KeyMaterial::fingerprinted(bytes);
+        assert_eq!(f.fingerprint().as_str(), f.id().as_str());
+        assert_eq!(
+            KeyFingerprint::parse(f.id().as_str()).as_ref(),
+            Some(a.fingerprint())
+        );
+        for bad in [
+            "",
+            "k",
+            "k0123456789abcdeF",
+            "x0123456789abcdef",
+            "k0123456789abcdef0",
+        ] {
+            assert_eq!(KeyFingerprint::parse(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -8,7 +8,26 @@
 //! durable ledger in blocks: one durable write per block (65 536 by
 //! default), and the hot path is a single atomic decrement.
 //!
+//! Counts are kept per [`KeyFingerprint`], derived from the key bytes,
+//! not per key label: the bound belongs to the key, whatever it is called.
+//! The ledger is always an explicit choice (the second argument of
+//! [`FieldCipher::builder`](super::FieldCipher::builder)); nothing falls
+//! back to counting in memory.
+//!
+//! Blocks start small and grow: a cipher's first reservation is 256
+//! encryptions, and each refill doubles it up to the block maximum
+//! (65 536 by default), so a process that starts often and encrypts
+//! little does not spend 65 536 encryptions of the key per start.
+//!
 //! Failure modes:
+//! * Counts recorded by earlier versions under the key's label are not
+//!   lost: when a key's fingerprint has no count yet and its label does,
+//!   the cipher's first reservation under the fingerprint includes the
+//!   label's count (reserved and never used). Two processes doing this at
+//!   once both add it: the ledger over-counts, never under-counts. During
+//!   a rolling upgrade, reservations an older process still makes under
+//!   the label after that first reservation are not carried over: finish
+//!   the upgrade before a key nears its limit.
 //! * A block reserved by a process that then exits is never returned: the
 //!   ledger over-counts, never under-counts. The bound holds; a key is
 //!   retired a little early.
@@ -33,7 +52,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::keys::KeyId;
+use super::keys::KeyFingerprint;
 
 /// The most messages one key may seal: 2^32.
 pub const MAX_ENCRYPTIONS_PER_KEY: u64 = 1 << 32;
@@ -54,10 +73,10 @@ pub struct Reservation {
 #[non_exhaustive]
 pub enum LedgerError {
     /// The key has reached its limit; nothing was granted.
-    #[error("key {key_id} has used all {limit} encryptions it may perform")]
+    #[error("key {fingerprint} has used all {limit} encryptions it may perform")]
     LimitReached {
-        /// The exhausted key.
-        key_id: KeyId,
+        /// The exhausted key's fingerprint.
+        fingerprint: KeyFingerprint,
         /// The limit that was reached.
         limit: u64,
     },
@@ -66,16 +85,18 @@ pub enum LedgerError {
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// Durable per-key encryption counts.
+/// Durable per-key encryption counts, keyed by [`KeyFingerprint`].
 ///
 /// Implementations must make a grant durable before returning it, and must
 /// be safe against concurrent `reserve` calls from several processes
 /// sharing the same storage: two callers never receive overlapping grants
-/// that together exceed `limit`.
+/// that together exceed `limit`. Store the count under
+/// [`KeyFingerprint::as_str`] (a short ASCII string): entries written by
+/// earlier versions under a key label are then found by the same lookup.
 #[async_trait]
 pub trait UsageLedger: Send + Sync + 'static {
-    /// Reserves up to `count` encryptions under `key`, never letting the
-    /// key's total exceed `limit`.
+    /// Reserves up to `count` encryptions of the key fingerprinted `key`,
+    /// never letting the key's total exceed `limit`.
     ///
     /// # Errors
     /// * [`LedgerError::LimitReached`] when the total already equals
@@ -84,29 +105,30 @@ pub trait UsageLedger: Send + Sync + 'static {
     ///   (nothing granted).
     async fn reserve(
         &self,
-        key: &KeyId,
+        key: &KeyFingerprint,
         count: u64,
         limit: u64,
     ) -> Result<Reservation, LedgerError>;
 
-    /// The total reserved so far for `key` (0 for a key never used).
+    /// The total reserved so far for the key fingerprinted `key` (0 for a
+    /// key never used).
     ///
     /// # Errors
     /// [`LedgerError::Storage`] when the ledger cannot be read.
-    async fn reserved(&self, key: &KeyId) -> Result<u64, LedgerError>;
+    async fn reserved(&self, key: &KeyFingerprint) -> Result<u64, LedgerError>;
 }
 
 pub(crate) fn grant(
     current: u64,
     count: u64,
     limit: u64,
-    key: &KeyId,
+    key: &KeyFingerprint,
 ) -> Result<Reservation, LedgerError> {
     let left = limit.saturating_sub(current);
     let granted = count.min(left);
     if granted == 0 {
         return Err(LedgerError::LimitReached {
-            key_id: key.clone(),
+            fingerprint: key.clone(),
             limit,
         });
     }
@@ -120,7 +142,7 @@ pub(crate) fn grant(
 /// it does not enforce the bound across processes.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryLedger {
-    counts: Arc<Mutex<HashMap<KeyId, u64>>>,
+    counts: Arc<Mutex<HashMap<KeyFingerprint, u64>>>,
 }
 
 impl MemoryLedger {
@@ -135,7 +157,7 @@ impl MemoryLedger {
 impl UsageLedger for MemoryLedger {
     async fn reserve(
         &self,
-        key: &KeyId,
+        key: &KeyFingerprint,
         count: u64,
         limit: u64,
     ) -> Result<Reservation, LedgerError> {
@@ -149,7 +171,7 @@ impl UsageLedger for MemoryLedger {
         Ok(r)
     }
 
-    async fn reserved(&self, key: &KeyId) -> Result<u64, LedgerError> {
+    async fn reserved(&self, key: &KeyFingerprint) -> Result<u64, LedgerError> {
         let counts = self
             .counts
             .lock()
@@ -232,7 +254,7 @@ impl FileLedger {
 
     fn reserve_blocking(
         path: &Path,
-        key: &KeyId,
+        key: &KeyFingerprint,
         count: u64,
         limit: u64,
     ) -> Result<Reservation, LedgerError> {
@@ -250,7 +272,7 @@ impl FileLedger {
 impl UsageLedger for FileLedger {
     async fn reserve(
         &self,
-        key: &KeyId,
+        key: &KeyFingerprint,
         count: u64,
         limit: u64,
     ) -> Result<Reservation, LedgerError> {
@@ -261,7 +283,7 @@ impl UsageLedger for FileLedger {
             .map_err(Self::storage)?
     }
 
-    async fn reserved(&self, key: &KeyId) -> Result<u64, LedgerError> {
+    async fn reserved(&self, key: &KeyFingerprint) -> Result<u64, LedgerError> {
         let path = Arc::clone(&self.path);
         let counts = tokio::task::spawn_blocking(move || {
             let _lock = Self::lock(&path)?;
@@ -277,8 +299,10 @@ impl UsageLedger for FileLedger {
 mod tests {
     use super::*;
 
-    fn kid(s: &str) -> KeyId {
-        KeyId::new(s).unwrap()
+    /// A fingerprint standing for the key made of `s`'s bytes, repeated.
+    fn kid(s: &str) -> KeyFingerprint {
+        let bytes: Vec<u8> = s.bytes().cycle().take(32).collect();
+        KeyFingerprint::of(&crate::secret::SecretBytes::new(bytes))
     }
 
     #[tokio::test]
@@ -392,11 +416,16 @@ mod tests {
         struct Hung;
         #[async_trait]
         impl UsageLedger for Hung {
-            async fn reserve(&self, _: &KeyId, _: u64, _: u64) -> Result<Reservation, LedgerError> {
+            async fn reserve(
+                &self,
+                _: &KeyFingerprint,
+                _: u64,
+                _: u64,
+            ) -> Result<Reservation, LedgerError> {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 unreachable!("the timeout fires first")
             }
-            async fn reserved(&self, _: &KeyId) -> Result<u64, LedgerError> {
+            async fn reserved(&self, _: &KeyFingerprint) -> Result<u64, LedgerError> {
                 Ok(0)
             }
         }

@@ -35,20 +35,36 @@
 //!
 //! # The 2^32 bound
 //!
-//! Every encryption is counted against a durable [`UsageLedger`]; see the
-//! [`ledger`] module. The cipher reserves blocks from the ledger, and each
-//! thread takes 32 encryptions at a time from the block, so the hot path
-//! is a thread-local decrement (no atomic instruction). At
+//! Every encryption is counted against a durable [`UsageLedger`], which
+//! the caller always names ([`FieldCipher::builder`] takes it; there is no
+//! default), under the key's [`KeyFingerprint`]: two labels for the same
+//! key bytes share one count. See the [`ledger`] module. The cipher
+//! reserves blocks from the ledger, starting at [`DEFAULT_FIRST_BLOCK`]
+//! and doubling on each refill up to [`DEFAULT_BLOCK`], and each thread
+//! takes 32 encryptions at a time from the block, so the hot path is a
+//! thread-local decrement (no atomic instruction). At
 //! [`MAX_ENCRYPTIONS_PER_KEY`] (or the configured limit) the cipher
 //! refuses to encrypt with [`CipherError::KeyExhausted`]; it logs a
 //! warning from 90% on.
 //!
 //! # Randomness
 //!
-//! Nonces come from `rand`'s thread-local ChaCha12 generator, seeded and
-//! periodically reseeded from the operating system. It is not reseeded on
-//! `fork()`: do not fork a process after it has encrypted and then encrypt
-//! in both halves.
+//! Nonces come from the active key's backend, from a generator a `fork()`
+//! cannot make repeat ([`AeadKey::random_nonce`]), so a library loaded by
+//! a pre-forking host (a worker forked after the parent encrypted) never
+//! reuses the parent's nonces:
+//!
+//! * aws-lc: `aws_lc_rs::rand`, AWS-LC's per-thread CTR-DRBG, which
+//!   detects forks through a `MADV_WIPEONFORK` page and reseeds in the
+//!   child before its first output (and reseeds on every call where fork
+//!   detection is unavailable);
+//! * rustcrypto: the operating system on every nonce (`getrandom(2)`):
+//!   no generator state in the process, so nothing for a fork to copy.
+//!
+//! The backend module documents the argument in full. No test forks: it
+//! would take `unsafe` (`libc::fork`), which this workspace forbids, and a
+//! child started with `std::process::Command` is a new program, not a
+//! fork.
 
 pub mod backend;
 pub mod keys;
@@ -60,23 +76,27 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64_simd::{AsOut as _, URL_SAFE_NO_PAD};
 
 pub use backend::{AeadBackend, AeadError, AeadKey, KEY_LEN, NONCE_LEN, TAG_LEN};
-pub use keys::{InvalidKeyId, KeyId, KeyMaterial, KeySet, MAX_KEY_ID_LEN};
+pub use keys::{InvalidKeyId, KeyFingerprint, KeyId, KeyMaterial, KeySet, MAX_KEY_ID_LEN};
 pub use ledger::{
     FileLedger, LedgerError, MAX_ENCRYPTIONS_PER_KEY, MemoryLedger, Reservation, UsageLedger,
 };
 
-use crate::secret::SecretBytes;
+use crate::secret::{RandomError, SecretBytes};
 
 /// The envelope format version written by this crate.
 pub const FORMAT_VERSION: u8 = 1;
 /// Prefix of the text form.
 pub const TEXT_PREFIX: &str = "av1:";
-/// Encryptions reserved from the ledger per durable write, by default.
+/// The largest block of encryptions reserved from the ledger in one
+/// durable write, by default ([`FieldCipherBuilder::block_size`]).
 pub const DEFAULT_BLOCK: u64 = 1 << 16;
+/// The first block a cipher reserves, by default
+/// ([`FieldCipherBuilder::first_block`]); each refill doubles it, up to
+/// the largest block.
+pub const DEFAULT_FIRST_BLOCK: u64 = 256;
 
 /// Where an encrypted value lives. Bound into the ciphertext as
 /// associated data, so it must be the same at encryption and decryption.
@@ -131,6 +151,9 @@ pub enum CipherError {
     /// long to encode (on 32-bit targets only).
     #[error("the value is too large to encrypt")]
     TooLarge,
+    /// No random nonce could be drawn; nothing was encrypted.
+    #[error("no random nonce could be drawn; refusing to encrypt")]
+    Randomness(#[source] RandomError),
 }
 
 /// Encryption counts for one key, for metrics.
@@ -150,6 +173,8 @@ pub struct KeyUsage {
 
 struct ActiveKey {
     id: KeyId,
+    /// What the ledger counts this key under.
+    fingerprint: KeyFingerprint,
     /// `version || L || key id`: the stored header, precomputed.
     header: Box<[u8]>,
     aead: Arc<AeadKey>,
@@ -158,7 +183,16 @@ struct ActiveKey {
     granted_here: AtomicU64,
     reserved_total: AtomicU64,
     exhausted: AtomicBool,
-    refill: tokio::sync::Mutex<()>,
+    refill: tokio::sync::Mutex<Refill>,
+}
+
+/// What the refill path remembers between refills (behind its lock).
+struct Refill {
+    /// The size of the next block asked of the ledger.
+    next_block: u64,
+    /// Whether a count under the key's label has been looked for and, if
+    /// found, carried over to its fingerprint (see the `ledger` module).
+    label_checked: bool,
 }
 
 struct Inner {
@@ -166,6 +200,7 @@ struct Inner {
     /// Every key, active included.
     keys: HashMap<KeyId, Arc<AeadKey>>,
     ledger: Arc<dyn UsageLedger>,
+    /// The largest block.
     block: u64,
     limit: u64,
 }
@@ -188,11 +223,12 @@ impl fmt::Debug for FieldCipher {
     }
 }
 
-/// Builds a [`FieldCipher`].
+/// Builds a [`FieldCipher`]; made by [`FieldCipher::builder`].
 pub struct FieldCipherBuilder {
     keys: KeySet,
     backend: AeadBackend,
     ledger: Arc<dyn UsageLedger>,
+    first_block: u64,
     block: u64,
     limit: u64,
 }
@@ -205,19 +241,22 @@ impl FieldCipherBuilder {
         self
     }
 
-    /// The durable usage ledger (default: a [`MemoryLedger`], which does
-    /// not survive restarts; production code must set a durable one).
-    #[must_use]
-    pub fn ledger(mut self, ledger: Arc<dyn UsageLedger>) -> Self {
-        self.ledger = ledger;
-        self
-    }
-
-    /// Encryptions reserved per durable ledger write (default 65 536, at
-    /// least 1).
+    /// The largest block of encryptions reserved per durable ledger
+    /// write (default [`DEFAULT_BLOCK`], 65 536; at least 1). Blocks start
+    /// at [`first_block`](Self::first_block) and double up to this.
     #[must_use]
     pub fn block_size(mut self, block: u64) -> Self {
         self.block = block.max(1);
+        self
+    }
+
+    /// The first block reserved (default [`DEFAULT_FIRST_BLOCK`], 256; at
+    /// least 1, and never more than [`block_size`](Self::block_size)).
+    /// A process that starts, encrypts a few values and exits spends this
+    /// many of the key's encryptions, not a whole block.
+    #[must_use]
+    pub fn first_block(mut self, first: u64) -> Self {
+        self.first_block = first.max(1);
         self
     }
 
@@ -246,6 +285,7 @@ impl FieldCipherBuilder {
             }
         }
         let id = self.keys.active.id().clone();
+        let fingerprint = self.keys.active.fingerprint().clone();
         let header = header_of(&id);
         let aead = keys
             .get(&id)
@@ -255,13 +295,17 @@ impl FieldCipherBuilder {
             inner: Arc::new(Inner {
                 active: ActiveKey {
                     id,
+                    fingerprint,
                     header,
                     aead,
                     slots: Arc::default(),
                     granted_here: AtomicU64::new(0),
                     reserved_total: AtomicU64::new(0),
                     exhausted: AtomicBool::new(false),
-                    refill: tokio::sync::Mutex::new(()),
+                    refill: tokio::sync::Mutex::new(Refill {
+                        next_block: self.first_block.min(self.block),
+                        label_checked: false,
+                    }),
                 },
                 keys,
                 ledger: self.ledger,
@@ -357,18 +401,6 @@ fn with_aad<R>(ctx: &FieldContext<'_>, f: impl FnOnce(&[u8]) -> R) -> Option<R> 
     }
 }
 
-/// A fresh random nonce from the thread-local generator. Two words
-/// rather than `fill` on 12 bytes: half the cost.
-#[inline]
-fn random_nonce() -> [u8; NONCE_LEN] {
-    use rand::Rng as _;
-    let mut rng = rand::rng();
-    let mut nonce = [0u8; NONCE_LEN];
-    nonce[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
-    nonce[8..].copy_from_slice(&rng.next_u32().to_le_bytes());
-    nonce
-}
-
 /// The parts of a binary envelope, located without copying.
 struct Parsed<'a> {
     /// `version || L || key id` (the id not yet checked to be UTF-8).
@@ -406,13 +438,21 @@ fn parse(blob: &[u8]) -> Option<Parsed<'_>> {
 }
 
 impl FieldCipher {
-    /// Starts building a cipher over `keys`.
+    /// Starts building a cipher over `keys`, counting its encryptions in
+    /// `ledger`.
+    ///
+    /// The ledger is what keeps each key under its 2^32 bound across
+    /// restarts and processes, so it is not optional: pass the store's
+    /// ledger (SQLite, MongoDB), a [`FileLedger`], or, in tests and for
+    /// keys that protect nothing, a [`MemoryLedger`] (which forgets on
+    /// restart).
     #[must_use]
-    pub fn builder(keys: KeySet) -> FieldCipherBuilder {
+    pub fn builder(keys: KeySet, ledger: Arc<dyn UsageLedger>) -> FieldCipherBuilder {
         FieldCipherBuilder {
             keys,
             backend: AeadBackend::default(),
-            ledger: Arc::new(MemoryLedger::new()),
+            ledger,
+            first_block: DEFAULT_FIRST_BLOCK,
             block: DEFAULT_BLOCK,
             limit: MAX_ENCRYPTIONS_PER_KEY,
         }
@@ -422,6 +462,12 @@ impl FieldCipher {
     #[must_use]
     pub fn active_key_id(&self) -> &KeyId {
         &self.inner.active.id
+    }
+
+    /// What the ledger counts the active key's encryptions under.
+    #[must_use]
+    pub fn active_key_fingerprint(&self) -> &KeyFingerprint {
+        &self.inner.active.fingerprint
     }
 
     /// Encryption counts of the active key, for metrics.
@@ -449,8 +495,12 @@ impl FieldCipher {
         // The header fits in the first 88 characters (66 bytes); decode
         // whole 4-character groups only. Non-ASCII input fails to decode.
         let head = &b64[..b64.len().min(88)];
+        let mut bytes = [0u8; 66];
         let bytes = URL_SAFE_NO_PAD
-            .decode(&head[..head.len() - head.len() % 4])
+            .decode(
+                &head[..head.len() - head.len() % 4],
+                bytes.as_mut_slice().as_out(),
+            )
             .ok()?;
         let id_len = usize::from(*bytes.get(1)?);
         KeyId::new(std::str::from_utf8(bytes.get(2..2 + id_len)?).ok()?).ok()
@@ -477,20 +527,34 @@ impl FieldCipher {
                     limit: self.inner.limit,
                 });
             }
-            let _refill = a.refill.lock().await;
+            let mut refill = a.refill.lock().await;
             if a.slots.pooled() > 0 {
                 continue;
             }
+            let carried = if refill.label_checked {
+                0
+            } else {
+                self.label_count().await?
+            };
+            let block = refill.next_block;
             match self
                 .inner
                 .ledger
-                .reserve(&a.id, self.inner.block, self.inner.limit)
+                .reserve(
+                    &a.fingerprint,
+                    block.saturating_add(carried),
+                    self.inner.limit,
+                )
                 .await
             {
                 Ok(r) => {
+                    refill.label_checked = true;
+                    refill.next_block = block.saturating_mul(2).min(self.inner.block);
+                    // The carried count is reserved and never used.
+                    let usable = r.granted.saturating_sub(carried);
                     a.reserved_total.fetch_max(r.total, Ordering::AcqRel);
-                    a.granted_here.fetch_add(r.granted, Ordering::AcqRel);
-                    a.slots.add(r.granted);
+                    a.granted_here.fetch_add(usable, Ordering::AcqRel);
+                    a.slots.add(usable);
                     if r.total >= self.inner.limit / 10 * 9 {
                         tracing::warn!(
                             key_id = %a.id,
@@ -509,6 +573,29 @@ impl FieldCipher {
                 Err(e) => return Err(CipherError::Ledger(e)),
             }
         }
+    }
+
+    /// The count an earlier version kept under the active key's label,
+    /// when its fingerprint has none yet (0 otherwise): the first
+    /// reservation under the fingerprint adds it, so a key's count never
+    /// goes down when the ledger's keying changes. Two ledger reads, once
+    /// per cipher, and only for a key whose label is not its fingerprint.
+    async fn label_count(&self) -> Result<u64, CipherError> {
+        let a = &self.inner.active;
+        let legacy = KeyFingerprint::legacy_label(&a.id);
+        if legacy == a.fingerprint {
+            return Ok(0);
+        }
+        let ledger = &self.inner.ledger;
+        if ledger
+            .reserved(&a.fingerprint)
+            .await
+            .map_err(CipherError::Ledger)?
+            > 0
+        {
+            return Ok(0);
+        }
+        ledger.reserved(&legacy).await.map_err(CipherError::Ledger)
     }
 
     /// Encrypts `plaintext` for `ctx` into the binary form.
@@ -538,7 +625,7 @@ impl FieldCipher {
         let header_len = a.header.len();
         let mut out = Vec::with_capacity(header_len + NONCE_LEN + plaintext.len() + TAG_LEN);
         out.extend_from_slice(&a.header);
-        let nonce = random_nonce();
+        let nonce = a.aead.random_nonce().map_err(CipherError::Randomness)?;
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
         let Some(Ok(tag)) = with_aad(ctx, |aad| {
@@ -561,9 +648,10 @@ impl FieldCipher {
         plaintext: &[u8],
     ) -> Result<String, CipherError> {
         let blob = self.encrypt_bytes(ctx, plaintext).await?;
-        let mut text = String::with_capacity(TEXT_PREFIX.len() + blob.len().div_ceil(3) * 4);
+        let mut text =
+            String::with_capacity(TEXT_PREFIX.len() + URL_SAFE_NO_PAD.encoded_length(blob.len()));
         text.push_str(TEXT_PREFIX);
-        URL_SAFE_NO_PAD.encode_string(&blob, &mut text);
+        URL_SAFE_NO_PAD.encode_append(&blob, &mut text);
         Ok(text)
     }
 
@@ -580,28 +668,23 @@ impl FieldCipher {
         let Some(p) = parse(blob) else {
             return Err(CipherError::Decrypt);
         };
+        let Some(aead) = self.key_for(p.header) else {
+            return Err(CipherError::Decrypt);
+        };
+        let buf = blob[p.ciphertext.clone()].to_vec();
+        open_into(aead, ctx, &p.nonce, buf, &p.tag)
+    }
+
+    /// The configured key a header (`version || L || key id`) names.
+    #[inline]
+    fn key_for(&self, header: &[u8]) -> Option<&AeadKey> {
         let a = &self.inner.active;
         // The active key is the common case: compare header bytes, no lookup.
-        let aead = if p.header == &a.header[..] {
-            &a.aead
-        } else {
-            let id = std::str::from_utf8(&p.header[2..]).ok();
-            let Some(k) = id.and_then(|id| self.inner.keys.get(id)) else {
-                return Err(CipherError::Decrypt);
-            };
-            k
-        };
-        let mut buf = blob[p.ciphertext.clone()].to_vec();
-        match with_aad(ctx, |aad| {
-            aead.open_in_place(&p.nonce, aad, &mut buf, &p.tag)
-        }) {
-            Some(Ok(())) => Ok(SecretBytes::new(buf)),
-            _ => {
-                // What the AEAD left in the buffer is unspecified: wipe it.
-                zeroize::Zeroize::zeroize(buf.as_mut_slice());
-                Err(CipherError::Decrypt)
-            }
+        if header == &a.header[..] {
+            return Some(&a.aead);
         }
+        let id = std::str::from_utf8(header.get(2..)?).ok()?;
+        self.inner.keys.get(id).map(|k| &**k)
     }
 
     /// Decrypts a text-form value sealed for `ctx`.
@@ -612,11 +695,131 @@ impl FieldCipher {
         let Some(b64) = text.strip_prefix(TEXT_PREFIX) else {
             return Err(CipherError::Decrypt);
         };
-        let blob = URL_SAFE_NO_PAD
-            .decode(b64)
-            .map_err(|_| CipherError::Decrypt)?;
-        self.decrypt_bytes(ctx, &blob)
+        let Some(t) = split_text(b64.as_bytes()) else {
+            return Err(CipherError::Decrypt);
+        };
+        let Some(aead) = self.key_for(&t.head[..t.header_len]) else {
+            return Err(CipherError::Decrypt);
+        };
+        open_into(aead, ctx, &t.nonce, t.ciphertext, &t.tag)
     }
+}
+
+/// Opens `buf` (the ciphertext, to become the plaintext) in place.
+/// `buf` must have no spare capacity, so that the plaintext is not copied
+/// again when it becomes a `SecretBytes`.
+#[inline]
+fn open_into(
+    aead: &AeadKey,
+    ctx: &FieldContext<'_>,
+    nonce: &[u8; NONCE_LEN],
+    mut buf: Vec<u8>,
+    tag: &[u8; TAG_LEN],
+) -> Result<SecretBytes, CipherError> {
+    match with_aad(ctx, |aad| aead.open_in_place(nonce, aad, &mut buf, tag)) {
+        Some(Ok(())) => Ok(SecretBytes::new(buf)),
+        _ => {
+            // What the AEAD left in the buffer is unspecified: wipe it.
+            zeroize::Zeroize::zeroize(buf.as_mut_slice());
+            Err(CipherError::Decrypt)
+        }
+    }
+}
+
+/// The most bytes of a text-form value before the first whole base64
+/// group inside its ciphertext: the longest header and the nonce, plus
+/// the two bytes of a partial group.
+const HEAD_MAX: usize = 2 + MAX_KEY_ID_LEN + NONCE_LEN + 2;
+/// The most bytes from the last whole base64 group inside the ciphertext
+/// to the end: two bytes of a partial group and the tag.
+const TAIL_MAX: usize = 2 + TAG_LEN;
+
+/// A text-form value decoded for opening in place.
+struct TextParts {
+    /// The first bytes, header and nonce included.
+    head: [u8; HEAD_MAX + 1],
+    header_len: usize,
+    nonce: [u8; NONCE_LEN],
+    /// Exactly the ciphertext, in a buffer of exactly its length.
+    ciphertext: Vec<u8>,
+    tag: [u8; TAG_LEN],
+}
+
+/// Decodes the base64 of a text-form value (after `av1:`) so that the
+/// ciphertext lands, alone, in a buffer of exactly its length, where it
+/// can be opened in place and handed out as the plaintext: no second
+/// copy of the value, no allocation but that buffer.
+///
+/// Base64 maps each group of 4 characters to 3 bytes, so the groups that
+/// lie wholly inside the ciphertext decode straight into the buffer; the
+/// few groups around them (header and nonce before, tag after) decode
+/// into small arrays on the stack, and the at most two ciphertext bytes
+/// each edge group holds are copied from there. Decoding group-aligned
+/// pieces gives exactly the bytes decoding the whole would, and the last
+/// piece ends where the text does, so non-canonical trailing bits are
+/// still rejected. `None` for anything that cannot be a value.
+fn split_text(b64: &[u8]) -> Option<TextParts> {
+    let chars = b64.len();
+    let total = match chars % 4 {
+        0 => chars / 4 * 3,
+        2 => chars / 4 * 3 + 1,
+        3 => chars / 4 * 3 + 2,
+        _ => return None,
+    };
+    // The first group holds the version and the key id's length.
+    let mut first = [0u8; 3];
+    URL_SAFE_NO_PAD
+        .decode(b64.get(..4)?, first.as_mut_slice().as_out())
+        .ok()?;
+    let [version, id_len, _] = first;
+    let id_len = usize::from(id_len);
+    if version != FORMAT_VERSION || id_len == 0 || id_len > MAX_KEY_ID_LEN {
+        return None;
+    }
+    let header_len = 2 + id_len;
+    let start = header_len + NONCE_LEN;
+    let end = total.checked_sub(TAG_LEN)?;
+    if end < start {
+        return None;
+    }
+    // Whole groups `a..b` lie inside the ciphertext `start..end`.
+    let (a, b) = (start.div_ceil(3), end / 3);
+    let mut head = [0u8; HEAD_MAX + 1];
+    let mut ciphertext = Vec::with_capacity(end - start);
+    let mut tag = [0u8; TAG_LEN];
+    if a < b {
+        let head = URL_SAFE_NO_PAD
+            .decode(&b64[..4 * a], head.as_mut_slice().as_out())
+            .ok()?;
+        ciphertext.extend_from_slice(&head[start..]);
+        URL_SAFE_NO_PAD
+            .decode_append(&b64[4 * a..4 * b], &mut ciphertext)
+            .ok()?;
+        let mut tail = [0u8; TAIL_MAX];
+        let tail = URL_SAFE_NO_PAD
+            .decode(&b64[4 * b..], tail.as_mut_slice().as_out())
+            .ok()?;
+        let (ct_tail, t) = tail.split_at(end - 3 * b);
+        ciphertext.extend_from_slice(ct_tail);
+        tag.copy_from_slice(t);
+    } else {
+        // A ciphertext of a few bytes: the value is short, decode it whole.
+        let mut all = [0u8; HEAD_MAX + TAIL_MAX];
+        let all = URL_SAFE_NO_PAD
+            .decode(b64, all.as_mut_slice().as_out())
+            .ok()?;
+        head[..start].copy_from_slice(&all[..start]);
+        ciphertext.extend_from_slice(&all[start..end]);
+        tag.copy_from_slice(&all[end..]);
+    }
+    let nonce = head[header_len..start].try_into().ok()?;
+    Some(TextParts {
+        head,
+        header_len,
+        nonce,
+        ciphertext,
+        tag,
+    })
 }
 
 #[cfg(test)]

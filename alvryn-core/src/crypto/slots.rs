@@ -110,9 +110,7 @@ impl Slots {
                 true
             })
             // The thread's cache is already destroyed (a thread-local
-            // destructor is running): go to the pool. Encrypting from such
-            // a destructor still fails later, when the nonce is drawn from
-            // `rand`'s thread-local generator; it is not supported.
+            // destructor is running): go to the pool.
             .unwrap_or_else(|_| self.take_from_pool(1) == 1)
     }
 

@@ -14,7 +14,7 @@ use super::{
     Revocation, Rotation, SessionStore, StoreError, User, UserStore, Versioned, VersionedStore,
     WindowCount, WindowCounters,
 };
-use crate::crypto::{KeyId, LedgerError, MemoryLedger, Reservation, UsageLedger};
+use crate::crypto::{KeyFingerprint, LedgerError, MemoryLedger, Reservation, UsageLedger};
 use crate::secret::SecretBytes;
 
 type NsKey = (String, String);
@@ -205,14 +205,14 @@ impl AuditLog for MemoryStore {
 impl UsageLedger for MemoryStore {
     async fn reserve(
         &self,
-        key: &KeyId,
+        key: &KeyFingerprint,
         count: u64,
         limit: u64,
     ) -> Result<Reservation, LedgerError> {
         self.ledger.reserve(key, count, limit).await
     }
 
-    async fn reserved(&self, key: &KeyId) -> Result<u64, LedgerError> {
+    async fn reserved(&self, key: &KeyFingerprint) -> Result<u64, LedgerError> {
         self.ledger.reserved(key).await
     }
 }

@@ -90,7 +90,7 @@ use super::{
     UserStore, Versioned, VersionedStore, WindowCount, WindowCounters,
 };
 use crate::billing::PlanName;
-use crate::crypto::{KeyId, LedgerError, Reservation, UsageLedger};
+use crate::crypto::{KeyFingerprint, LedgerError, Reservation, UsageLedger};
 use crate::secret::SecretBytes;
 
 const USERS: &str = "users";
@@ -770,7 +770,7 @@ fn ledger_corrupt(e: StoreError) -> LedgerError {
 impl UsageLedger for MongoStore {
     async fn reserve(
         &self,
-        key: &KeyId,
+        key: &KeyFingerprint,
         count: u64,
         limit: u64,
     ) -> Result<Reservation, LedgerError> {
@@ -780,7 +780,7 @@ impl UsageLedger for MongoStore {
         let cap = limit.min(u64::MAX >> 2);
         let count = count.min(cap);
         let exhausted = || LedgerError::LimitReached {
-            key_id: key.clone(),
+            fingerprint: key.clone(),
             limit,
         };
         if count == 0 {
@@ -840,7 +840,7 @@ impl UsageLedger for MongoStore {
         )))
     }
 
-    async fn reserved(&self, key: &KeyId) -> Result<u64, LedgerError> {
+    async fn reserved(&self, key: &KeyFingerprint) -> Result<u64, LedgerError> {
         let d = self
             .coll(USAGE)
             .find_one(doc! { "_id": key.as_str() })

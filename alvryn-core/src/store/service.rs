@@ -38,7 +38,7 @@ use super::{
     Rotation, SessionStore, StoreError, User, UserStore, Versioned, VersionedStore, WindowCount,
     WindowCounters,
 };
-use crate::crypto::{KeyId, LedgerError, Reservation, UsageLedger};
+use crate::crypto::{KeyFingerprint, LedgerError, Reservation, UsageLedger};
 use crate::secret::SecretBytes;
 use crate::service::BoxError;
 
@@ -299,12 +299,12 @@ operations! {
 
     /// [`UsageLedger::reserve`].
     UsageLedger => Reserve {
-        /** The key. */ key: KeyId,
+        /** The key's fingerprint. */ key: KeyFingerprint,
         /** Encryptions asked for. */ count: u64,
         /** The key's limit. */ limit: u64,
     } -> Reservation, or LedgerError::Storage = |s, r| s.reserve(&r.key, r.count, r.limit);
     /// [`UsageLedger::reserved`].
-    UsageLedger => Reserved { /** The key. */ key: KeyId } -> u64, or LedgerError::Storage
+    UsageLedger => Reserved { /** The key's fingerprint. */ key: KeyFingerprint } -> u64, or LedgerError::Storage
         = |s, r| s.reserved(&r.key);
 }
 
@@ -538,14 +538,14 @@ where
 {
     async fn reserve(
         &self,
-        key: &KeyId,
+        key: &KeyFingerprint,
         count: u64,
         limit: u64,
     ) -> Result<Reservation, LedgerError> {
         self.op(Reserve::new(key.clone(), count, limit)).await
     }
 
-    async fn reserved(&self, key: &KeyId) -> Result<u64, LedgerError> {
+    async fn reserved(&self, key: &KeyFingerprint) -> Result<u64, LedgerError> {
         self.op(Reserved::new(key.clone())).await
     }
 }

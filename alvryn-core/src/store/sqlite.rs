@@ -54,7 +54,7 @@ use super::{
 };
 use crate::billing::PlanName;
 use crate::crypto::ledger::grant;
-use crate::crypto::{KeyId, LedgerError, Reservation, UsageLedger};
+use crate::crypto::{KeyFingerprint, LedgerError, Reservation, UsageLedger};
 use crate::secret::SecretBytes;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
@@ -874,7 +874,7 @@ fn read_reserved(c: &Connection, key: &str) -> Result<i64, StoreError> {
 impl UsageLedger for SqliteStore {
     async fn reserve(
         &self,
-        key: &KeyId,
+        key: &KeyFingerprint,
         count: u64,
         limit: u64,
     ) -> Result<Reservation, LedgerError> {
@@ -904,7 +904,7 @@ impl UsageLedger for SqliteStore {
         .map_err(ledger_err)?
     }
 
-    async fn reserved(&self, key: &KeyId) -> Result<u64, LedgerError> {
+    async fn reserved(&self, key: &KeyFingerprint) -> Result<u64, LedgerError> {
         let n = self
             .read(|c| read_reserved(c, key.as_str()))
             .map_err(ledger_err)?;
