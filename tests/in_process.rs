@@ -108,10 +108,10 @@ impl Harness {
             inner: StoreService::from_arc(memory),
             mode: Arc::clone(&mode),
         }));
-        let cipher = FieldCipher::builder(KeySet::single(KeyMaterial::fingerprinted(
-            SecretBytes::copy_from(&[7; 32]),
-        )))
-        .ledger(Arc::new(alvryn::core::crypto::MemoryLedger::new()))
+        let cipher = FieldCipher::builder(
+            KeySet::single(KeyMaterial::fingerprinted(SecretBytes::copy_from(&[7; 32]))),
+            Arc::clone(&store) as _,
+        )
         .build()
         .unwrap();
         let secret = |b: u8| HmacSecrets::new(&SecretBytes::copy_from(&[b; 32]), None).unwrap();
