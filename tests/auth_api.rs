@@ -156,7 +156,7 @@ fn the_whole_session_lifecycle() {
     assert_eq!(me.status, 200, "{}", me.body);
     assert_eq!(
         me.json(),
-        json!({"id": first["user"]["id"], "email": "bob@example.com", "plan": "free", "providers": []})
+        json!({"id": first["user"]["id"], "email": "bob@example.com", "plan": "free", "has_password": true, "providers": []})
     );
 
     // Wrong password and unknown email: the same answer, byte for byte.
