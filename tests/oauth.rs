@@ -159,7 +159,7 @@ impl Mock {
     fn post(&self, path: &str, body: &Value) -> Value {
         let r = post_json(self.addr, path, body, None);
         assert_eq!(r.status, 200, "{path}: {}", r.body);
-        r.json()
+        json_of(&r)
     }
 
     /// Queues what the next ID token issued to `client_id` says.
@@ -177,7 +177,7 @@ impl Mock {
     fn stats(&self) -> Value {
         let r = raw_request(self.addr, "GET", "/__control/stats", &[], b"");
         assert_eq!(r.status, 200, "{}", r.body);
-        r.json()
+        json_of(&r)
     }
 
     fn stat(&self, name: &str) -> u64 {
@@ -198,12 +198,34 @@ impl Mock {
             b"",
         );
         assert_eq!(r.status, 200, "{}", r.body);
-        let v = r.json();
+        let v = json_of(&r);
         (
             v["access_token"].as_str().unwrap().to_owned(),
             v["refresh_token"].as_str().unwrap().to_owned(),
         )
     }
+}
+
+/// The JSON body of a response of the mock (Node answers chunked).
+fn json_of(r: &Response) -> Value {
+    let chunked = r
+        .header("Transfer-Encoding")
+        .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
+    if !chunked {
+        return r.json();
+    }
+    let mut body = String::new();
+    let mut rest = r.body.as_str();
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("a chunk size");
+        let size = usize::from_str_radix(size.trim(), 16).expect("a hex chunk size");
+        if size == 0 {
+            break;
+        }
+        body.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
 
 /// A GET of `url` sent to `addr` (the browser following a `Location`;
