@@ -241,7 +241,11 @@ fn get(url: &Url) -> Response {
 
 /// The `Location` of a 302.
 fn location(r: &Response) -> Url {
-    assert_eq!(r.status, 302, "expected a redirect: {} {}", r.status, r.body);
+    assert_eq!(
+        r.status, 302,
+        "expected a redirect: {} {}",
+        r.status, r.body
+    );
     Url::parse(r.header("Location").expect("a Location")).unwrap()
 }
 
@@ -336,7 +340,8 @@ impl Env {
         let r = self.start_raw(addr, redirect_to);
         let auth = location(&r);
         assert!(
-            auth.as_str().starts_with(&format!("{}/authorize?", self.mock.base)),
+            auth.as_str()
+                .starts_with(&format!("{}/authorize?", self.mock.base)),
             "{auth}"
         );
         assert_eq!(r.header("Cache-Control"), Some("no-store"));
@@ -515,7 +520,10 @@ fn env_vars(
         Flavor::Microsoft => ("MICROSOFT", format!("{}/{{tenantid}}/v2.0", mock.base)),
     };
     v.push((format!("{prefix}_CLIENT_ID"), client_id.into()));
-    v.push((format!("{prefix}_CLIENT_SECRET"), "e2e-client-secret".into()));
+    v.push((
+        format!("{prefix}_CLIENT_SECRET"),
+        "e2e-client-secret".into(),
+    ));
     v.push((format!("{prefix}_DISCOVERY_URL"), mock.discovery_url()));
     v.push((format!("{prefix}_ISSUER"), issuer));
     if let Some(b) = backend {
@@ -725,7 +733,10 @@ fn replayed_state(flavor: Flavor) {
         .clear()
         .append_pair("code", "whatever")
         .append_pair("state", "forged-state-forged-state-forged-state");
-    assert_eq!(env.callback_at(env.addr(), &forged).error(), "invalid_state");
+    assert_eq!(
+        env.callback_at(env.addr(), &forged).error(),
+        "invalid_state"
+    );
     let mut bare = back.clone();
     bare.set_query(Some("code=whatever"));
     assert_eq!(env.callback_at(env.addr(), &bare).error(), "invalid_state");
@@ -777,7 +788,12 @@ fn bad_id_tokens(flavor: Flavor) {
     refused(&env, &with(json!({"nonce": null})), "normal", "pem");
     refused(&env, &who, "tamper", "pem");
     refused(&env, &who, "expired", "pem");
-    refused(&env, &with(json!({"aud": "another-client"})), "normal", "pem");
+    refused(
+        &env,
+        &with(json!({"aud": "another-client"})),
+        "normal",
+        "pem",
+    );
     refused(&env, &who, "hs256_public_key", "pem");
     refused(&env, &who, "hs256_public_key", "jwk_n");
     refused(&env, &who, "alg_none", "pem");
@@ -840,8 +856,20 @@ fn two_instances(flavor: Flavor) {
     let dir = tempfile::tempdir().unwrap();
     // Behind one public URL, as behind a load balancer.
     let backend = "http://api.alvryn.test";
-    let a = Server::start(command(&mock, flavor, &client_id, dir.path(), Some(backend)));
-    let b = Server::start(command(&mock, flavor, &client_id, dir.path(), Some(backend)));
+    let a = Server::start(command(
+        &mock,
+        flavor,
+        &client_id,
+        dir.path(),
+        Some(backend),
+    ));
+    let b = Server::start(command(
+        &mock,
+        flavor,
+        &client_id,
+        dir.path(),
+        Some(backend),
+    ));
     let env = Env {
         mock,
         flavor,
@@ -1079,7 +1107,11 @@ fn store_holds_no_plaintext(flavor: Flavor) {
             files += 1;
             let bytes = std::fs::read(&path).unwrap();
             for s in secrets {
-                assert!(!contains(&bytes, s), "a provider token in {}", path.display());
+                assert!(
+                    !contains(&bytes, s),
+                    "a provider token in {}",
+                    path.display()
+                );
             }
         }
     }
