@@ -56,6 +56,10 @@
 //  GET  /__control/stats   {"jwks_fetches": N, "discovery_fetches": N,
 //      "token_requests": N, "kid": CURRENT}; counts since start (GETs of
 //      /jwks and /.well-known/openid-configuration, POSTs of /token).
+//  GET  /__control/last_tokens?client_id=ID   {"access_token": ...,
+//      "refresh_token": ...} last issued to that client (the `aud` of its
+//      ID token), or 404: lets a test look for the provider's tokens in
+//      what the relying party stored.
 import http from 'node:http';
 import crypto from 'node:crypto';
 import { OAuth2Issuer, OAuth2Service } from 'oauth2-mock-server';
@@ -109,6 +113,7 @@ const stats = { jwks_fetches: 0, discovery_fetches: 0, token_requests: 0 };
 const issuedCodes = new Set();
 const issuedRefreshTokens = new Set();
 const specForRequest = new WeakMap(); // token request -> spec of its ID token
+const lastTokens = new Map(); // client id -> {access_token, refresh_token}
 
 function takeSpec(clientId) {
   for (const key of [clientId, '']) {
@@ -166,6 +171,15 @@ service.on('beforeResponse', (response, req) => {
   if (typeof response.body.refresh_token === 'string') {
     issuedRefreshTokens.add(response.body.refresh_token);
   }
+  if (typeof response.body.id_token === 'string') {
+    const { aud } = unb64json(response.body.id_token.split('.')[1]);
+    if (typeof aud === 'string') {
+      lastTokens.set(aud, {
+        access_token: response.body.access_token,
+        refresh_token: response.body.refresh_token,
+      });
+    }
+  }
   const spec = specForRequest.get(req);
   if (spec !== undefined && typeof response.body.id_token === 'string') {
     response.body.id_token = afterSigning(response.body.id_token, spec);
@@ -215,6 +229,11 @@ async function readJson(req) {
 async function control(req, res, path) {
   if (req.method === 'GET' && path === '/__control/stats') {
     return reply(res, 200, { ...stats, kid: current.jwk.kid });
+  }
+  if (req.method === 'GET' && path === '/__control/last_tokens') {
+    const clientId = new URL(req.url ?? '/', 'http://127.0.0.1').searchParams.get('client_id') ?? '';
+    const tokens = lastTokens.get(clientId);
+    return tokens === undefined ? reply(res, 404, { error: 'no tokens issued to this client' }) : reply(res, 200, tokens);
   }
   if (req.method !== 'POST') return reply(res, 405, { error: 'method not allowed' });
   let body;
