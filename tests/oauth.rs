@@ -308,6 +308,29 @@ impl Env {
         })
     }
 
+    /// A server with both providers configured (one client id for both);
+    /// `flavor` is the one the helpers use until the test switches it.
+    fn start_both(flavor: Flavor) -> Option<Env> {
+        let mock = Mock::from_env()?;
+        let client_id = unique("alvryn-e2e-both");
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = alvryn();
+        c.current_dir(dir.path()).env("ALVRYN_LOG", "debug");
+        for f in [Flavor::Google, Flavor::Microsoft] {
+            for (k, v) in env_vars(&mock, f, &client_id, None) {
+                c.env(k, v);
+            }
+        }
+        let server = Server::start(c);
+        Some(Env {
+            mock,
+            flavor,
+            client_id,
+            dir,
+            server: Some(server),
+        })
+    }
+
     fn addr(&self) -> SocketAddr {
         self.server.as_ref().expect("the server runs").addr
     }
@@ -1038,6 +1061,53 @@ fn exchange_once(flavor: Flavor) {
     }
 }
 both!(exchange_once: oauth_exchange_code_works_once_google, oauth_exchange_code_works_once_microsoft);
+
+/// 17. Account pre-hijacking undone: someone signs up first through the
+///     other provider with the victim's email, unproven (Google with
+///     `email_verified: false`, Microsoft without `xms_edov`); when the
+///     email's proven owner signs in, they get the account, the unproven
+///     link is removed, and every session made before is signed out.
+fn pre_hijacking_is_undone(flavor: Flavor) {
+    let _g = shared();
+    let attacker_side = flavor.other();
+    let Some(mut env) = Env::start_both(attacker_side) else {
+        return;
+    };
+    let mut claims = json!({"sub": unique("sub-mallory"), "email": "owner@example.com"});
+    for (k, v) in attacker_side.unverified().as_object().unwrap() {
+        claims[k] = v.clone();
+    }
+    let attacker = env.login_ok(&claims);
+    let uid = user_id(&attacker);
+    assert_eq!(
+        providers(&env.me(&access(&attacker)).json()),
+        vec![attacker_side.name().to_owned()]
+    );
+
+    env.flavor = flavor;
+    let mut claims = json!({"sub": unique("sub-owner"), "email": "owner@example.com"});
+    for (k, v) in flavor.verified().as_object().unwrap() {
+        claims[k] = v.clone();
+    }
+    let owner = env.login_ok(&claims);
+    assert_eq!(user_id(&owner), uid, "the email's owner gets the account");
+    let me = env.me(&access(&owner)).json();
+    assert_eq!(providers(&me), vec![flavor.name().to_owned()]);
+    // The attacker's session is over: refresh and access both refused.
+    let r = post_json(
+        env.addr(),
+        "/auth/refresh",
+        &json!({"refresh_token": attacker["refresh_token"]}),
+        None,
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    let r = with_bearer(env.addr(), "GET", "/auth/me", &access(&attacker));
+    assert_eq!(r.status, 401, "{}", r.body);
+    // And signing in again through the removed link is a new account's
+    // business, not this one's: the link is gone.
+    assert_eq!(env.link_count(), 1);
+}
+both!(pre_hijacking_is_undone: oauth_pre_hijacking_is_undone_google, oauth_pre_hijacking_is_undone_microsoft);
 
 /// Every text and blob value of every table of the database.
 fn every_value(conn: &rusqlite::Connection) -> Vec<(String, Vec<u8>)> {

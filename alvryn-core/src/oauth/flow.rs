@@ -597,10 +597,19 @@ impl OAuthLogin {
                 if !verified {
                     return Err(OAuthError::EmailNotVerified);
                 }
-                let link =
-                    links::link(store, provider, &claims.sub, Some(&email), &user.id, now_ms)
-                        .await?;
-                return self.linked_user(link, user).await;
+                let link = links::link(
+                    store,
+                    provider,
+                    &claims.sub,
+                    Some(&email),
+                    true,
+                    &user.id,
+                    now_ms,
+                )
+                .await?;
+                let user = self.linked_user(link, user).await?;
+                self.evict_unproven(&user, provider).await?;
+                return Ok(user);
             }
             let user = User {
                 id: crate::auth::random_id(),
@@ -611,9 +620,16 @@ impl OAuthLogin {
             };
             match store.create_user(&user).await {
                 Ok(()) => {
-                    let link =
-                        links::link(store, provider, &claims.sub, Some(&email), &user.id, now_ms)
-                            .await?;
+                    let link = links::link(
+                        store,
+                        provider,
+                        &claims.sub,
+                        Some(&email),
+                        verified,
+                        &user.id,
+                        now_ms,
+                    )
+                    .await?;
                     return self.linked_user(link, user).await;
                 }
                 Err(StoreError::Conflict) => continue,
@@ -621,6 +637,46 @@ impl OAuthLogin {
             }
         }
         Err(OAuthError::Store(StoreError::Conflict))
+    }
+
+    /// Against account pre-hijacking: an account created through a
+    /// provider that did not prove the email (anyone can claim any email
+    /// at some providers) is joined by the email's proven owner. Links
+    /// whose email was never proven are removed with their tokens, and
+    /// every session of the account is signed out, so whoever made them
+    /// keeps no way in. (A password set at sign-up is kept: sign-up does
+    /// not prove the email either, which the README's security notes
+    /// say.)
+    async fn evict_unproven(&self, user: &User, joined: Provider) -> Result<(), OAuthError> {
+        let store = self.inner.store.as_ref();
+        let now_ms = self.inner.clock.now_ms();
+        let mut evicted = 0;
+        for link in links::of_user(store, &user.id, now_ms).await? {
+            if link.email_verified || link.provider == joined {
+                continue;
+            }
+            links::unlink(store, &link).await?;
+            store
+                .remove_record(TOKEN_NS, &token_key(&user.id, link.provider))
+                .await?;
+            evicted += 1;
+        }
+        if evicted > 0 {
+            tracing::warn!(
+                user_id = %user.id,
+                evicted,
+                "provider links with an unproven email removed when the email's owner signed in"
+            );
+            store
+                .revoke(&crate::store::Revocation {
+                    user_id: user.id.clone(),
+                    family_id: None,
+                    reason: crate::store::RevokeReason::LogoutAll,
+                    at_ms: now_ms,
+                })
+                .await?;
+        }
+        Ok(())
     }
 
     /// The user a link (possibly made by a racer) belongs to.

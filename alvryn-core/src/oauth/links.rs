@@ -18,6 +18,8 @@ pub struct ProviderLink {
     pub subject: String,
     /// The email the provider gave when the link was made.
     pub email: Option<String>,
+    /// Whether the provider proved that email belongs to the signer.
+    pub email_verified: bool,
     /// The user it belongs to.
     pub user_id: String,
     /// When it was made, Unix milliseconds.
@@ -29,6 +31,8 @@ struct Stored {
     provider: String,
     subject: String,
     email: Option<String>,
+    #[serde(default)]
+    email_verified: bool,
 }
 
 fn key(provider: Provider, subject: &str) -> String {
@@ -42,6 +46,7 @@ fn from_record(r: Record) -> Result<ProviderLink, StoreError> {
         provider: Provider::parse(&s.provider).ok_or_else(corrupt)?,
         subject: s.subject,
         email: s.email,
+        email_verified: s.email_verified,
         user_id: r.owner.ok_or_else(corrupt)?,
         linked_at_ms: r.created_at_ms,
     })
@@ -90,6 +95,7 @@ pub(crate) async fn link(
     provider: Provider,
     subject: &str,
     email: Option<&str>,
+    email_verified: bool,
     user_id: &str,
     now_ms: i64,
 ) -> Result<ProviderLink, OAuthError> {
@@ -106,6 +112,7 @@ pub(crate) async fn link(
         provider: provider.as_str().to_owned(),
         subject: subject.to_owned(),
         email: email.map(str::to_owned),
+        email_verified,
     })
     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let record = Record {

@@ -322,14 +322,37 @@ impl ProviderTokens {
         if let Some(t) = self.usable_access(user_id, provider, &rec)? {
             return Ok(t);
         }
+        let key = token_key(user_id, provider);
         let gate = {
             let mut map = self
                 .inflight
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            Arc::clone(map.entry(token_key(user_id, provider)).or_default())
+            Arc::clone(map.entry(key.clone()).or_default())
         };
-        let _turn = gate.lock().await;
+        let result = {
+            let _turn = gate.lock().await;
+            self.refresh_locked(user_id, provider, configured).await
+        };
+        // Forget the gate when no one else holds or waits on it, whatever
+        // the outcome: the map never grows past the refreshes in flight.
+        let mut map = self
+            .inflight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if Arc::strong_count(&gate) <= 2 {
+            map.remove(&key);
+        }
+        result
+    }
+
+    /// The refresh itself, under the (user, provider) gate.
+    async fn refresh_locked(
+        &self,
+        user_id: &str,
+        provider: Provider,
+        configured: &super::flow::Configured,
+    ) -> Result<SecretString, OAuthError> {
         // Whoever held the gate before may have refreshed already.
         let rec = self
             .load(user_id, provider)
@@ -367,15 +390,6 @@ impl ProviderTokens {
             },
         )
         .await?;
-        drop(_turn);
-        // Forget the gate when no one else waits on it.
-        let mut map = self
-            .inflight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if Arc::strong_count(&gate) <= 2 {
-            map.remove(&token_key(user_id, provider));
-        }
         Ok(SecretString::new(access))
     }
 }
