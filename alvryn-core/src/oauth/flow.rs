@@ -404,21 +404,48 @@ impl OAuthLogin {
             nonce,
             return_to: return_to.to_string(),
         };
+        self.put_item(STATE_NS, &state, &pending, STATE_TTL_MS)
+            .await?;
+        Ok(LoginStarted { authorization_url })
+    }
+
+    /// Keeps `value` (JSON) as a one-time item under the SHA-256 of the
+    /// bearer value `key`, for `ttl_ms`.
+    async fn put_item(
+        &self,
+        ns: &str,
+        key: &str,
+        value: &impl Serialize,
+        ttl_ms: i64,
+    ) -> Result<(), OAuthError> {
         let now_ms = self.inner.clock.now_ms();
-        let value = serde_json::to_vec(&pending).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let value = serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.inner
             .store
             .put_once(
                 &OneTimeItem {
-                    ns: STATE_NS.to_owned(),
-                    key: hashed(&state),
+                    ns: ns.to_owned(),
+                    key: hashed(key),
                     value: SecretBytes::new(value),
-                    expires_at_ms: now_ms + STATE_TTL_MS,
+                    expires_at_ms: now_ms + ttl_ms,
                 },
                 now_ms,
             )
             .await?;
-        Ok(LoginStarted { authorization_url })
+        Ok(())
+    }
+
+    /// Takes the one-time item under the bearer value `key`, once; `None`
+    /// when there is none (never put, expired, taken) or it does not
+    /// parse.
+    async fn take_item<T: serde::de::DeserializeOwned>(
+        &self,
+        ns: &str,
+        key: &str,
+        now_ms: i64,
+    ) -> Result<Option<T>, OAuthError> {
+        let value = self.inner.store.take_once(ns, &hashed(key), now_ms).await?;
+        Ok(value.and_then(|v| serde_json::from_slice(v.expose()).ok()))
     }
 
     /// Finishes a login at the provider's redirect back, and answers
@@ -478,14 +505,10 @@ impl OAuthLogin {
         let Some(state) = state else {
             return Err(OAuthError::InvalidState);
         };
-        let value = self
-            .inner
-            .store
-            .take_once(STATE_NS, &hashed(state), now_ms)
+        let pending: PendingLogin = self
+            .take_item(STATE_NS, state, now_ms)
             .await?
             .ok_or(OAuthError::InvalidState)?;
-        let pending: PendingLogin =
-            serde_json::from_slice(value.expose()).map_err(|_| OAuthError::InvalidState)?;
         if pending.provider != provider.as_str() {
             return Err(OAuthError::InvalidState);
         }
@@ -547,23 +570,10 @@ impl OAuthLogin {
             )
             .await?;
         let code = random_token();
-        let now_ms = self.inner.clock.now_ms();
-        let value = serde_json::to_vec(&PendingCode {
+        let pending = PendingCode {
             user_id: user.id.clone(),
-        })
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.inner
-            .store
-            .put_once(
-                &OneTimeItem {
-                    ns: CODE_NS.to_owned(),
-                    key: hashed(&code),
-                    value: SecretBytes::new(value),
-                    expires_at_ms: now_ms + CODE_TTL_MS,
-                },
-                now_ms,
-            )
-            .await?;
+        };
+        self.put_item(CODE_NS, &code, &pending, CODE_TTL_MS).await?;
         Ok(code)
     }
 
@@ -707,14 +717,10 @@ impl OAuthLogin {
             return Err(OAuthError::InvalidCode);
         }
         let now_ms = self.inner.clock.now_ms();
-        let value = self
-            .inner
-            .store
-            .take_once(CODE_NS, &hashed(code), now_ms)
+        let pending: PendingCode = self
+            .take_item(CODE_NS, code, now_ms)
             .await?
             .ok_or(OAuthError::InvalidCode)?;
-        let pending: PendingCode =
-            serde_json::from_slice(value.expose()).map_err(|_| OAuthError::InvalidCode)?;
         Ok(self
             .inner
             .auth

@@ -99,6 +99,48 @@ fn is_plain(v: &Option<String>) -> bool {
     v.as_deref().is_some_and(|t| !t.starts_with(TEXT_PREFIX))
 }
 
+/// Pages through the namespace in order (with `status`, if given).
+struct Pager {
+    status: Option<u32>,
+    batch: usize,
+    after: Option<RecordCursor>,
+}
+
+impl Pager {
+    fn new(status: Option<u32>, batch: usize) -> Self {
+        Self {
+            status,
+            batch: batch.max(1),
+            after: None,
+        }
+    }
+
+    /// The next page; `None` after the last.
+    async fn next(
+        &mut self,
+        store: &dyn StoreBackend,
+        now_ms: i64,
+    ) -> Result<Option<Vec<Record>>, OAuthError> {
+        let page = store
+            .records(
+                TOKEN_NS,
+                &RecordFilter {
+                    status: self.status,
+                    limit: self.batch,
+                    after: self.after.take(),
+                    ..RecordFilter::default()
+                },
+                now_ms,
+            )
+            .await?;
+        let Some(last) = page.last() else {
+            return Ok(None);
+        };
+        self.after = Some(RecordCursor::of(last));
+        Ok(Some(page))
+    }
+}
+
 /// What became of one record.
 enum Outcome {
     Migrated,
@@ -115,26 +157,11 @@ async fn count(
     now_ms: i64,
 ) -> Result<u64, OAuthError> {
     let mut total = 0u64;
-    let mut after = None;
-    loop {
-        let page = store
-            .records(
-                TOKEN_NS,
-                &RecordFilter {
-                    status,
-                    limit: batch,
-                    after: after.take(),
-                    ..RecordFilter::default()
-                },
-                now_ms,
-            )
-            .await?;
-        let Some(last) = page.last() else {
-            return Ok(total);
-        };
-        after = Some(RecordCursor::of(last));
+    let mut pages = Pager::new(status, batch);
+    while let Some(page) = pages.next(store, now_ms).await? {
         total += page.len() as u64;
     }
+    Ok(total)
 }
 
 /// Runs `step` on every record (with `status`, if given), a page at a
@@ -156,22 +183,8 @@ where
     progress(MigrationProgress { done: 0, total });
     let mut outcomes = [0u64; 4];
     let mut done = 0u64;
-    let mut after = None;
-    loop {
-        let page = store
-            .records(
-                TOKEN_NS,
-                &RecordFilter {
-                    status,
-                    limit: batch,
-                    after: after.take(),
-                    ..RecordFilter::default()
-                },
-                now_ms(),
-            )
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = Some(RecordCursor::of(last));
+    let mut pages = Pager::new(status, batch);
+    while let Some(page) = pages.next(store, now_ms()).await? {
         done += page.len() as u64;
         let mut results = futures_util::stream::iter(page.into_iter().map(&step))
             .buffer_unordered(options.concurrency.max(1));
@@ -239,25 +252,10 @@ async fn census(
     now_ms: i64,
     report: &mut MigrationReport,
 ) -> Result<(), OAuthError> {
-    let mut after = None;
     report.values_by_key.clear();
     report.plaintext_left = 0;
-    loop {
-        let page = store
-            .records(
-                TOKEN_NS,
-                &RecordFilter {
-                    limit: options.batch.max(1),
-                    after: after.take(),
-                    ..RecordFilter::default()
-                },
-                now_ms,
-            )
-            .await?;
-        let Some(last) = page.last() else {
-            return Ok(());
-        };
-        after = Some(RecordCursor::of(last));
+    let mut pages = Pager::new(None, options.batch);
+    while let Some(page) = pages.next(store, now_ms).await? {
         for r in &page {
             let Ok(t) = TokenRecord::from_record(r) else {
                 continue;
@@ -272,6 +270,30 @@ async fn census(
             }
         }
     }
+    Ok(())
+}
+
+/// Completes a report from the tally and the counters, then takes the
+/// census.
+async fn finish(
+    store: &dyn StoreBackend,
+    options: &MigrationOptions,
+    now_ms: i64,
+    mut report: MigrationReport,
+    counts: Vec<(Outcome, u64)>,
+    needed: std::sync::atomic::AtomicU64,
+    scanned: std::sync::atomic::AtomicU64,
+) -> Result<MigrationReport, OAuthError> {
+    Outcome::tally(&mut report, counts);
+    report.needed = needed.into_inner();
+    report.scanned = scanned.into_inner();
+    if !options.run {
+        // A dry run's step answers "already done" for what it would do,
+        // to keep the tally simple.
+        report.already_done -= report.needed;
+    }
+    census(store, options, now_ms, &mut report).await?;
+    Ok(report)
 }
 
 /// `alvryn migrate encrypt-refresh-tokens`: seals every plaintext
@@ -287,7 +309,7 @@ pub async fn encrypt_refresh_tokens(
     now_ms: &dyn Fn() -> i64,
     progress: &(dyn Fn(MigrationProgress) + Send + Sync),
 ) -> Result<MigrationReport, OAuthError> {
-    let mut report = MigrationReport {
+    let report = MigrationReport {
         migration: "encrypt-refresh-tokens",
         dry_run: !options.run,
         active_key: cipher.active_key_id().to_string(),
@@ -353,15 +375,7 @@ pub async fn encrypt_refresh_tokens(
         },
     )
     .await?;
-    Outcome::tally(&mut report, counts);
-    if !options.run {
-        // Counted as "already done" above to keep the tally simple.
-        report.already_done -= needed.load(std::sync::atomic::Ordering::Relaxed);
-    }
-    report.needed = needed.into_inner();
-    report.scanned = scanned.into_inner();
-    census(store, &options, now_ms(), &mut report).await?;
-    Ok(report)
+    finish(store, &options, now_ms(), report, counts, needed, scanned).await
 }
 
 /// `alvryn migrate rewrap`: re-seals every sealed provider token that is
@@ -378,7 +392,7 @@ pub async fn rewrap(
     progress: &(dyn Fn(MigrationProgress) + Send + Sync),
 ) -> Result<MigrationReport, OAuthError> {
     let active = cipher.active_key_id().clone();
-    let mut report = MigrationReport {
+    let report = MigrationReport {
         migration: "rewrap",
         dry_run: !options.run,
         active_key: active.to_string(),
@@ -436,12 +450,5 @@ pub async fn rewrap(
         }
     })
     .await?;
-    Outcome::tally(&mut report, counts);
-    if !options.run {
-        report.already_done -= needed.load(std::sync::atomic::Ordering::Relaxed);
-    }
-    report.needed = needed.into_inner();
-    report.scanned = scanned.into_inner();
-    census(store, &options, now_ms(), &mut report).await?;
-    Ok(report)
+    finish(store, &options, now_ms(), report, counts, needed, scanned).await
 }
