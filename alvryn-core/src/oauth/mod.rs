@@ -77,6 +77,8 @@ impl std::fmt::Display for Provider {
 pub const GOOGLE_DISCOVERY: &str = "https://accounts.google.com/.well-known/openid-configuration";
 /// The issuer of Google's ID tokens.
 pub const GOOGLE_ISSUER: &str = "https://accounts.google.com";
+/// The other issuer Google documents for its ID tokens.
+pub const GOOGLE_ISSUER_BARE: &str = "accounts.google.com";
 /// Microsoft's multi-tenant issuer: `{tenantid}` is the token's `tid`.
 pub const MICROSOFT_ISSUER_TEMPLATE: &str = "https://login.microsoftonline.com/{tenantid}/v2.0";
 
@@ -128,7 +130,10 @@ impl ProviderSettings {
             client_id: client_id.into(),
             client_secret,
             discovery_url: fixed_url(GOOGLE_DISCOVERY),
-            issuer: IssuerRule::Exact(GOOGLE_ISSUER.to_owned()),
+            issuer: IssuerRule::AnyOf(vec![
+                GOOGLE_ISSUER.to_owned(),
+                GOOGLE_ISSUER_BARE.to_owned(),
+            ]),
             scopes: ["openid", "email", "profile"].map(String::from).to_vec(),
             auth_params: vec![
                 ("access_type".into(), "offline".into()),

@@ -118,6 +118,9 @@ pub enum IssuerRule {
     /// `tid` must be present and look like a tenant id: 1 to 64 ASCII
     /// letters, digits and `-`.
     TenantTemplate(String),
+    /// `iss` must equal one of these (Google documents both
+    /// `https://accounts.google.com` and `accounts.google.com`).
+    AnyOf(Vec<String>),
 }
 
 impl IssuerRule {
@@ -126,6 +129,7 @@ impl IssuerRule {
     pub fn accepts(&self, iss: &str, tid: Option<&str>) -> bool {
         match self {
             IssuerRule::Exact(want) => iss == want,
+            IssuerRule::AnyOf(wanted) => wanted.iter().any(|w| w == iss),
             IssuerRule::TenantTemplate(template) => {
                 let Some(tid) = tid.filter(|t| is_tenant_id(t)) else {
                     return false;
@@ -823,6 +827,23 @@ mod tests {
         assert!(rule.accepts("https://accounts.google.com", None));
         assert!(!rule.accepts("https://accounts.google.com/", None));
         assert!(!rule.accepts("accounts.google.com", None));
+    }
+
+    #[test]
+    fn google_settings_accept_both_documented_issuers_and_nothing_else() {
+        let google = crate::oauth::ProviderSettings::google(
+            "id",
+            crate::secret::SecretString::new("secret".into()),
+        );
+        assert!(google.issuer.accepts("https://accounts.google.com", None));
+        assert!(google.issuer.accepts("accounts.google.com", None));
+        assert!(
+            !google
+                .issuer
+                .accepts("https://accounts.google.com.evil", None)
+        );
+        assert!(!google.issuer.accepts("http://accounts.google.com", None));
+        assert!(!google.issuer.accepts("", None));
     }
 
     #[test]
