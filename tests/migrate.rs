@@ -431,7 +431,11 @@ async fn migrations_on_the_mongodb_stand_in() {
     let Some(base) = service("ALVRYN_TEST_MONGO_STANDIN_URI") else {
         return;
     };
-    on_mongo(&base, STANDIN_USERS).await;
+    let users = std::env::var("ALVRYN_TEST_MIGRATE_STANDIN_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(STANDIN_USERS);
+    on_mongo(&base, users).await;
 }
 
 /// Only when `ALVRYN_TEST_MONGODB_URI` names a real MongoDB.

@@ -291,6 +291,8 @@ struct Env {
     client_id: String,
     dir: tempfile::TempDir,
     server: Option<Server>,
+    /// The browser's cookies for the backend (name, value).
+    jar: std::sync::Mutex<Vec<(String, String)>>,
 }
 
 impl Env {
@@ -305,6 +307,7 @@ impl Env {
             client_id,
             dir,
             server: Some(server),
+            jar: Default::default(),
         })
     }
 
@@ -328,6 +331,7 @@ impl Env {
             client_id,
             dir,
             server: Some(server),
+            jar: Default::default(),
         })
     }
 
@@ -386,7 +390,37 @@ impl Env {
                 .finish();
             path = format!("{path}?{q}");
         }
-        raw_request(addr, "GET", &path, &[], b"")
+        let r = raw_request(addr, "GET", &path, &[], b"");
+        self.keep_cookies(&r);
+        r
+    }
+
+    /// Keeps the cookies a backend answer sets (an empty value or
+    /// `Max-Age=0` deletes one), as a browser does.
+    fn keep_cookies(&self, r: &Response) {
+        let mut jar = self.jar.lock().unwrap();
+        for (k, v) in &r.headers {
+            if !k.eq_ignore_ascii_case("set-cookie") {
+                continue;
+            }
+            let pair = v.split(';').next().unwrap_or("");
+            let Some((name, value)) = pair.split_once('=') else {
+                continue;
+            };
+            jar.retain(|(n, _)| n != name);
+            if !value.is_empty() && !v.contains("Max-Age=0") {
+                jar.push((name.to_owned(), value.to_owned()));
+            }
+        }
+    }
+
+    /// The `Cookie` header this browser sends to the backend.
+    fn cookie_header(&self) -> String {
+        let jar = self.jar.lock().unwrap();
+        jar.iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// The provider's authorize endpoint: answers our callback URL.
@@ -402,8 +436,17 @@ impl Env {
 
     /// Our callback, sent to `addr`: where the browser lands.
     fn callback_at(&self, addr: SocketAddr, back: &Url) -> Landed {
+        let cookies = self.cookie_header();
+        let target = &back[url::Position::BeforePath..];
+        let r = raw_request(addr, "GET", target, &[("Cookie", &cookies)], b"");
+        self.keep_cookies(&r);
+        Landed { url: location(&r) }
+    }
+
+    /// Our callback opened by another browser (no cookies of ours).
+    fn callback_elsewhere(&self, back: &Url) -> Landed {
         Landed {
-            url: location(&get_at(addr, back)),
+            url: location(&get_at(self.addr(), back)),
         }
     }
 
@@ -899,6 +942,7 @@ fn two_instances(flavor: Flavor) {
         client_id,
         dir,
         server: Some(a),
+        jar: Default::default(),
     };
     env.next(&json!({"sub": "sub-two", "email": "two@example.com"}));
     let auth = env.start_login(env.addr(), None);
@@ -946,13 +990,25 @@ fn provider_error(flavor: Flavor) {
         "/auth/oauth/{}/callback?error=access_denied&error_description=The+user+declined&state={state}",
         env.p()
     );
-    let r = raw_request(env.addr(), "GET", &path, &[], b"");
+    let r = raw_request(
+        env.addr(),
+        "GET",
+        &path,
+        &[("Cookie", &env.cookie_header())],
+        b"",
+    );
     let landed = Landed { url: location(&r) };
     assert_eq!(landed.error(), "access_denied");
     assert_eq!(landed.url.path(), "/after-login");
     assert!(!landed.url.as_str().contains("declined"), "{}", landed.url);
     // The state is used up.
-    let r = raw_request(env.addr(), "GET", &path, &[], b"");
+    let r = raw_request(
+        env.addr(),
+        "GET",
+        &path,
+        &[("Cookie", &env.cookie_header())],
+        b"",
+    );
     assert_eq!(Landed { url: location(&r) }.error(), "invalid_state");
     // An error code the API does not pass on becomes provider_error.
     let auth = env.start_login(env.addr(), None);
@@ -964,7 +1020,7 @@ fn provider_error(flavor: Flavor) {
             "/auth/oauth/{}/callback?error=%3Cscript%3E&state={state}",
             env.p()
         ),
-        &[],
+        &[("Cookie", &env.cookie_header())],
         b"",
     );
     assert_eq!(Landed { url: location(&r) }.error(), "provider_error");
@@ -1108,6 +1164,54 @@ fn pre_hijacking_is_undone(flavor: Flavor) {
     assert_eq!(env.link_count(), 1);
 }
 both!(pre_hijacking_is_undone: oauth_pre_hijacking_is_undone_google, oauth_pre_hijacking_is_undone_microsoft);
+
+/// 18. Login CSRF: a callback URL opened by another browser than the one
+///     that started the login (an attacker's finished authorization sent
+///     to a victim) is refused `browser_mismatch`; no account is made, the
+///     victim is not signed into anything, and the URL is spent for its
+///     sender too. The binding cookie is `HttpOnly` and `SameSite=Lax`.
+fn login_csrf_is_refused(flavor: Flavor) {
+    let _g = shared();
+    let Some(env) = Env::start(flavor) else {
+        return;
+    };
+    let mut claims = json!({"sub": unique("sub-csrf"), "email": "mallory@example.com"});
+    for (k, v) in flavor.verified().as_object().unwrap() {
+        claims[k] = v.clone();
+    }
+    env.next(&claims);
+    let start = env.start_raw(env.addr(), None);
+    let set_cookie = start
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.clone())
+        .expect("start sets the binding cookie");
+    assert!(set_cookie.contains("HttpOnly"), "{set_cookie}");
+    assert!(set_cookie.contains("SameSite=Lax"), "{set_cookie}");
+    let back = env.authorize(&location(&start));
+    // The victim's browser: no binding cookie.
+    assert_eq!(env.callback_elsewhere(&back).error(), "browser_mismatch");
+    assert_eq!(env.user_count(), 0);
+    // A forged cookie of the right name does not help either.
+    env.next(&claims);
+    let back2 = env.authorize(&env.start_login(env.addr(), None));
+    let state = query(&back2, "state").unwrap();
+    let name = alvryn::core::oauth::binding_cookie_name(&state);
+    let target = &back2[url::Position::BeforePath..];
+    let forged = format!("{name}=not-the-binding");
+    let r = raw_request(env.addr(), "GET", target, &[("Cookie", &forged)], b"");
+    let landed = Landed { url: location(&r) };
+    assert_eq!(landed.error(), "browser_mismatch");
+    // And the sender's own browser cannot use the spent URL afterwards.
+    assert_eq!(env.callback_at(env.addr(), &back).error(), "invalid_state");
+    assert_eq!(env.user_count(), 0);
+    // The right browser still signs in.
+    let tokens = env.login_ok(&claims);
+    assert_eq!(env.user_count(), 1);
+    assert!(!user_id(&tokens).is_empty());
+}
+both!(login_csrf_is_refused: oauth_login_csrf_is_refused_google, oauth_login_csrf_is_refused_microsoft);
 
 /// Every text and blob value of every table of the database.
 fn every_value(conn: &rusqlite::Connection) -> Vec<(String, Vec<u8>)> {

@@ -69,7 +69,11 @@ const EMPTY: &[u8] = b"\r\ncontent-length: 0\r\n";
 /// it) with status 400, 414 or 431 and `content-length: 0`.
 fn rewrite(head: &[u8]) -> Option<Vec<u8>> {
     let status = head.strip_prefix(b"HTTP/1.1 ")?.get(..3)?;
-    if !head.ends_with(b"\r\n\r\n") {
+    // Exactly one head: its blank line ends the write. (Several queued
+    // heads of body-less answers can share one write; none of those is
+    // touched.)
+    let end = head.windows(4).position(|w| w == b"\r\n\r\n")?;
+    if end + 4 != head.len() {
         return None;
     }
     let (code, message) = body_for(status)?;
@@ -228,6 +232,16 @@ mod tests {
         with_body.extend_from_slice(b"{}");
         assert!(rewrite(&with_body).is_none());
         assert!(rewrite(&auto("404 Not Found")).is_none());
+        // Two queued heads in one write: a 400 of ours (its length says
+        // there is a body; a HEAD answer has none) and a redirect with no
+        // body. Neither is hyper's automatic answer.
+        let mut two =
+            format!("HTTP/1.1 400 Bad Request\r\ncontent-length: 57\r\n{DATE}\r\n").into_bytes();
+        two.extend_from_slice(
+            format!("HTTP/1.1 302 Found\r\nlocation: /x\r\ncontent-length: 0\r\n{DATE}\r\n")
+                .as_bytes(),
+        );
+        assert!(rewrite(&two).is_none());
         assert!(rewrite(b"HTTP/1.1 4").is_none());
         assert!(rewrite(b"").is_none());
     }

@@ -137,6 +137,8 @@ struct PendingLogin {
     verifier: String,
     nonce: String,
     return_to: String,
+    /// SHA-256 of the browser binding (see [`LoginStarted`]).
+    binding: String,
 }
 
 /// What an exchange code stands for.
@@ -169,6 +171,24 @@ impl std::fmt::Debug for CallbackParams {
 pub struct LoginStarted {
     /// Where to send the browser: the provider's authorization endpoint.
     pub authorization_url: url::Url,
+    /// A secret for the browser that started the login, to be kept where
+    /// only that browser sends it back to the callback (the server sets
+    /// it as an `HttpOnly`, `SameSite=Lax` cookie named
+    /// [`LoginStarted::cookie_name`]). Without it the callback refuses
+    /// the login (`browser_mismatch`): a callback URL sent to someone else
+    /// cannot sign them into the sender's account (login CSRF, RFC 6749
+    /// §10.12).
+    pub browser_binding: SecretString,
+    /// The cookie's name: unique to this login, so logins in two tabs do
+    /// not overwrite each other's.
+    pub cookie_name: String,
+}
+
+/// The name of the cookie holding the browser binding of the login whose
+/// `state` this is.
+#[must_use]
+pub fn binding_cookie_name(state: &str) -> String {
+    format!("alvryn_login_{}", &hashed(state)[..16])
 }
 
 struct Inner {
@@ -363,6 +383,11 @@ impl OAuthLogin {
         if url.origin() != self.inner.frontend.origin() || !url.username().is_empty() {
             return Err(OAuthError::InvalidRedirect);
         }
+        // `code` and `error` are ours to add: a destination that already
+        // carries one would hand the frontend two.
+        if url.query_pairs().any(|(k, _)| k == "code" || k == "error") {
+            return Err(OAuthError::InvalidRedirect);
+        }
         Ok(url)
     }
 
@@ -389,6 +414,7 @@ impl OAuthLogin {
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let state = random_token();
         let nonce = random_token();
+        let binding = random_token();
         let mut request = client
             .authorize_url(|| CsrfToken::new(state.clone()))
             .add_scopes(configured.settings.scopes.iter().cloned().map(Scope::new))
@@ -403,10 +429,15 @@ impl OAuthLogin {
             verifier: verifier.secret().clone(),
             nonce,
             return_to: return_to.to_string(),
+            binding: hashed(&binding),
         };
         self.put_item(STATE_NS, &state, &pending, STATE_TTL_MS)
             .await?;
-        Ok(LoginStarted { authorization_url })
+        Ok(LoginStarted {
+            authorization_url,
+            browser_binding: SecretString::new(binding),
+            cookie_name: binding_cookie_name(&state),
+        })
     }
 
     /// Keeps `value` (JSON) as a one-time item under the SHA-256 of the
@@ -452,8 +483,13 @@ impl OAuthLogin {
     /// where to send the browser: the frontend with `code` (for
     /// [`OAuthLogin::exchange`]) on success, or with `error` (a stable
     /// code, see [`OAuthError::code`]). Never our tokens in a URL.
-    pub async fn callback(&self, provider: Provider, params: &CallbackParams) -> url::Url {
-        let (result, return_to) = self.finish(provider, params).await;
+    pub async fn callback(
+        &self,
+        provider: Provider,
+        params: &CallbackParams,
+        browser_binding: Option<&str>,
+    ) -> url::Url {
+        let (result, return_to) = self.finish(provider, params, browser_binding).await;
         let mut url = return_to.unwrap_or_else(|| self.inner.frontend.clone());
         match result {
             Ok(code) => {
@@ -479,6 +515,7 @@ impl OAuthLogin {
         &self,
         provider: Provider,
         params: &CallbackParams,
+        browser_binding: Option<&str>,
     ) -> (Result<String, OAuthError>, Option<url::Url>) {
         let now_ms = self.inner.clock.now_ms();
         let pending = match self
@@ -489,6 +526,15 @@ impl OAuthLogin {
             Err(e) => return (Err(e), None),
         };
         let return_to = url::Url::parse(&pending.return_to).ok();
+        // The state is spent either way: a leaked callback URL is useless
+        // to its sender too once someone else opened it.
+        let same_browser = browser_binding.is_some_and(|b| {
+            use subtle::ConstantTimeEq as _;
+            bool::from(hashed(b).as_bytes().ct_eq(pending.binding.as_bytes()))
+        });
+        if !same_browser {
+            return (Err(OAuthError::BrowserMismatch), return_to);
+        }
         (
             self.finish_pending(provider, params, pending).await,
             return_to,
@@ -607,19 +653,7 @@ impl OAuthLogin {
                 if !verified {
                     return Err(OAuthError::EmailNotVerified);
                 }
-                let link = links::link(
-                    store,
-                    provider,
-                    &claims.sub,
-                    Some(&email),
-                    true,
-                    &user.id,
-                    now_ms,
-                )
-                .await?;
-                let user = self.linked_user(link, user).await?;
-                self.evict_unproven(&user, provider).await?;
-                return Ok(user);
+                return self.join_proven(user, provider, &claims.sub, &email).await;
             }
             let user = User {
                 id: crate::auth::random_id(),
@@ -649,34 +683,56 @@ impl OAuthLogin {
         Err(OAuthError::Store(StoreError::Conflict))
     }
 
-    /// Against account pre-hijacking: an account created through a
-    /// provider that did not prove the email (anyone can claim any email
-    /// at some providers) is joined by the email's proven owner. Links
-    /// whose email was never proven are removed with their tokens, and
-    /// every session of the account is signed out, so whoever made them
-    /// keeps no way in. (A password set at sign-up is kept: sign-up does
-    /// not prove the email either, which the README's security notes
-    /// say.)
-    async fn evict_unproven(&self, user: &User, joined: Provider) -> Result<(), OAuthError> {
+    /// The email's proven owner signs into the account that has the
+    /// email. Against account pre-hijacking (someone claimed the email
+    /// first, through a provider that does not prove it, or by signing up
+    /// with a password, which does not prove it either): links whose email
+    /// was never proven go first, with their tokens, whatever their
+    /// provider (only this very provider account is kept); then the link
+    /// is made; and when the account had no proven link before, every
+    /// session it has is signed out, so whoever made them keeps none. A
+    /// password is kept (the README's security notes say why).
+    async fn join_proven(
+        &self,
+        user: User,
+        provider: Provider,
+        subject: &str,
+        email: &str,
+    ) -> Result<User, OAuthError> {
         let store = self.inner.store.as_ref();
         let now_ms = self.inner.clock.now_ms();
+        let before = links::of_user(store, &user.id, now_ms).await?;
+        let proven_before = before.iter().any(|l| l.email_verified);
         let mut evicted = 0;
-        for link in links::of_user(store, &user.id, now_ms).await? {
-            if link.email_verified || link.provider == joined {
+        for link in &before {
+            if link.email_verified || (link.provider == provider && link.subject == subject) {
                 continue;
             }
-            links::unlink(store, &link).await?;
+            links::unlink(store, link).await?;
             store
                 .remove_record(TOKEN_NS, &token_key(&user.id, link.provider))
                 .await?;
             evicted += 1;
         }
+        let link = links::link(
+            store,
+            provider,
+            subject,
+            Some(email),
+            true,
+            &user.id,
+            now_ms,
+        )
+        .await?;
+        let user = self.linked_user(link, user).await?;
         if evicted > 0 {
             tracing::warn!(
                 user_id = %user.id,
                 evicted,
                 "provider links with an unproven email removed when the email's owner signed in"
             );
+        }
+        if evicted > 0 || !proven_before {
             store
                 .revoke(&crate::store::Revocation {
                     user_id: user.id.clone(),
@@ -686,7 +742,7 @@ impl OAuthLogin {
                 })
                 .await?;
         }
-        Ok(())
+        Ok(user)
     }
 
     /// The user a link (possibly made by a racer) belongs to.
@@ -721,11 +777,17 @@ impl OAuthLogin {
             .take_item(CODE_NS, code, now_ms)
             .await?
             .ok_or(OAuthError::InvalidCode)?;
-        Ok(self
+        match self
             .inner
             .auth
             .start_session_for(&pending.user_id, user_agent)
-            .await?)
+            .await
+        {
+            Ok(issued) => Ok(issued),
+            // The user was deleted since the callback.
+            Err(crate::auth::AuthError::InvalidToken) => Err(OAuthError::InvalidCode),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The user's provider links, oldest first.

@@ -28,7 +28,7 @@ mod links;
 pub mod migrate;
 mod tokens;
 
-pub use flow::{CallbackParams, LoginStarted, OAuthLogin};
+pub use flow::{CallbackParams, LoginStarted, OAuthLogin, binding_cookie_name};
 pub use links::ProviderLink;
 pub use tokens::{
     ProviderTokens, STATUS_FIRST_SEALED, STATUS_PLAINTEXT, TOKEN_COLLECTION, TOKEN_NS, TokenRecord,
@@ -226,6 +226,10 @@ pub enum OAuthError {
     /// provider.
     #[error("the sign-in attempt is unknown, expired or already finished")]
     InvalidState,
+    /// The callback came from another browser than the one that started
+    /// the login (no binding cookie, or another's).
+    #[error("the sign-in was started in another browser")]
+    BrowserMismatch,
     /// The provider answered the authorization request with an error
     /// (`access_denied` when the user declined).
     #[error("the provider refused the sign-in: {0}")]
@@ -279,6 +283,7 @@ impl OAuthError {
             OAuthError::NotConfigured(_) => "provider_not_configured",
             OAuthError::InvalidRedirect => "invalid_redirect",
             OAuthError::InvalidState => "invalid_state",
+            OAuthError::BrowserMismatch => "browser_mismatch",
             OAuthError::ProviderDenied(code) => code,
             OAuthError::GrantRefused => "grant_refused",
             OAuthError::ProviderUnavailable(_) => "provider_unavailable",

@@ -5,7 +5,7 @@
 //! (or an `error` code), never with our tokens; the frontend trades the
 //! code for tokens at `exchange`, once.
 
-use alvryn_core::oauth::{CallbackParams, OAuthError, Provider};
+use alvryn_core::oauth::{CallbackParams, OAuthError, Provider, binding_cookie_name};
 use alvryn_core::secret::SecretString;
 use axum::Router;
 use axum::extract::{RawQuery, State};
@@ -86,12 +86,41 @@ async fn start(
         .oauth
         .start(provider(&name)?, redirect_to.as_deref())
         .await?;
-    found(&started.authorization_url)
+    let mut resp = found(&started.authorization_url)?;
+    // The browser that starts the login must be the one that finishes it
+    // (login CSRF): `SameSite=Lax` still sends it on the provider's
+    // top-level redirect back to the callback.
+    let secure = if s.config.backend_url.scheme() == "https" {
+        "; Secure"
+    } else {
+        ""
+    };
+    let cookie = format!(
+        "{}={}; Path=/auth/oauth/; Max-Age=600; HttpOnly; SameSite=Lax{secure}",
+        started.cookie_name,
+        started.browser_binding.expose()
+    );
+    let cookie = HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal(&e))?;
+    resp.headers_mut().append(header::SET_COOKIE, cookie);
+    Ok(resp)
+}
+
+/// The value of the cookie `name`, from every `Cookie` header.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 async fn callback(
     State(s): State<AppState>,
     PathParam(name): PathParam<String>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let p = provider(&name)?;
@@ -104,7 +133,15 @@ async fn callback(
         state: param(q, "state"),
         error: param(q, "error"),
     };
-    found(&s.oauth.callback(p, &params).await)
+    let cookie_name = params.state.as_deref().map(binding_cookie_name);
+    let binding = cookie_name.as_deref().and_then(|n| cookie(&headers, n));
+    let mut resp = found(&s.oauth.callback(p, &params, binding).await)?;
+    if let Some(n) = cookie_name
+        && let Ok(v) = HeaderValue::from_str(&format!("{n}=; Path=/auth/oauth/; Max-Age=0"))
+    {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    Ok(resp)
 }
 
 #[derive(Deserialize)]
