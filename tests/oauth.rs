@@ -1125,7 +1125,13 @@ both!(exchange_once: oauth_exchange_code_works_once_google, oauth_exchange_code_
 ///     link is removed, and every session made before is signed out.
 fn pre_hijacking_is_undone(flavor: Flavor) {
     let _g = shared();
-    let attacker_side = flavor.other();
+    // Through the other provider, then through the same one.
+    for attacker_side in [flavor.other(), flavor] {
+        pre_hijacking_through(flavor, attacker_side);
+    }
+}
+
+fn pre_hijacking_through(flavor: Flavor, attacker_side: Flavor) {
     let Some(mut env) = Env::start_both(attacker_side) else {
         return;
     };
