@@ -311,10 +311,9 @@ impl ProviderTokens {
         user_id: &str,
         provider: Provider,
     ) -> Result<SecretString, OAuthError> {
-        let configured = self
-            .providers
-            .get(&provider)
-            .ok_or(OAuthError::NotConfigured(provider))?;
+        if !self.providers.contains_key(&provider) {
+            return Err(OAuthError::NotConfigured(provider));
+        }
         let rec = self
             .load(user_id, provider)
             .await?
@@ -322,28 +321,42 @@ impl ProviderTokens {
         if let Some(t) = self.usable_access(user_id, provider, &rec)? {
             return Ok(t);
         }
-        let key = token_key(user_id, provider);
-        let gate = {
-            let mut map = self
+        // The refresh runs in a task of its own: a caller that gives up
+        // (a timeout, a client gone) cannot cancel it between the
+        // provider's answer and the store write, which would lose a
+        // rotated refresh token the provider has already replaced.
+        let this = self.clone();
+        let user = user_id.to_owned();
+        let task = tokio::spawn(async move {
+            let key = token_key(&user, provider);
+            let gate = {
+                let mut map = this
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                Arc::clone(map.entry(key.clone()).or_default())
+            };
+            let result = {
+                let _turn = gate.lock().await;
+                this.refresh_locked(&user, provider).await
+            };
+            // Forget the gate when no one else holds or waits on it,
+            // whatever the outcome: the map never grows past the
+            // refreshes in flight.
+            let mut map = this
                 .inflight
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            Arc::clone(map.entry(key.clone()).or_default())
-        };
-        let result = {
-            let _turn = gate.lock().await;
-            self.refresh_locked(user_id, provider, configured).await
-        };
-        // Forget the gate when no one else holds or waits on it, whatever
-        // the outcome: the map never grows past the refreshes in flight.
-        let mut map = self
-            .inflight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if Arc::strong_count(&gate) <= 2 {
-            map.remove(&key);
-        }
-        result
+            if Arc::strong_count(&gate) <= 2 {
+                map.remove(&key);
+            }
+            result
+        });
+        task.await.unwrap_or_else(|e| {
+            Err(OAuthError::ProviderUnavailable(
+                format!("the refresh task failed: {e}").into(),
+            ))
+        })
     }
 
     /// The refresh itself, under the (user, provider) gate.
@@ -351,8 +364,11 @@ impl ProviderTokens {
         &self,
         user_id: &str,
         provider: Provider,
-        configured: &super::flow::Configured,
     ) -> Result<SecretString, OAuthError> {
+        let configured = self
+            .providers
+            .get(&provider)
+            .ok_or(OAuthError::NotConfigured(provider))?;
         // Whoever held the gate before may have refreshed already.
         let rec = self
             .load(user_id, provider)
