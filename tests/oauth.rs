@@ -1141,6 +1141,8 @@ fn pre_hijacking_through(flavor: Flavor, attacker_side: Flavor) {
     }
     let attacker = env.login_ok(&claims);
     let uid = user_id(&attacker);
+    // And a code of a second login, kept for later.
+    let kept_code = env.login(&claims).code();
     assert_eq!(
         providers(&env.me(&access(&attacker)).json()),
         vec![attacker_side.name().to_owned()]
@@ -1165,6 +1167,14 @@ fn pre_hijacking_through(flavor: Flavor, attacker_side: Flavor) {
     assert_eq!(r.status, 401, "{}", r.body);
     let r = with_bearer(env.addr(), "GET", "/auth/me", &access(&attacker));
     assert_eq!(r.status, 401, "{}", r.body);
+    // A code issued to the attacker before the owner came is worthless.
+    let r = env.exchange_at(env.addr(), &kept_code);
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "invalid_code".into()),
+        "{}",
+        r.body
+    );
     // And signing in again through the removed link is a new account's
     // business, not this one's: the link is gone.
     assert_eq!(env.link_count(), 1);

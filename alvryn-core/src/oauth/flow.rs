@@ -145,7 +145,14 @@ struct PendingLogin {
 #[derive(Serialize, Deserialize)]
 struct PendingCode {
     user_id: String,
+    /// When it was issued, Unix milliseconds.
+    #[serde(default)]
+    issued_at_ms: i64,
 }
+
+/// Namespace of the time a user's sessions were last all signed out by
+/// the login flow (versioned: the newest time wins).
+const SIGNED_OUT_NS: &str = "oauth_signed_out";
 
 /// The query of the provider's redirect back to us.
 #[derive(Clone, Default, Deserialize)]
@@ -618,6 +625,7 @@ impl OAuthLogin {
         let code = random_token();
         let pending = PendingCode {
             user_id: user.id.clone(),
+            issued_at_ms: self.inner.clock.now_ms(),
         };
         self.put_item(CODE_NS, &code, &pending, CODE_TTL_MS).await?;
         Ok(code)
@@ -647,8 +655,16 @@ impl OAuthLogin {
             .ok_or(OAuthError::MissingEmail)?;
         let verified = settings.email_is_verified(claims);
         // Twice at most: a racer may create the account between our look
-        // and our insert; then it exists, and the verified rule decides.
-        for _ in 0..2 {
+        // and our insert; then it exists, and the verified rule decides,
+        // unless the racer was this same provider account (two tabs of
+        // one first login), which is linked by now.
+        for attempt in 0..2 {
+            if attempt > 0
+                && let Some(link) = links::find(store, provider, &claims.sub, now_ms).await?
+                && let Some(user) = store.user_by_id(&link.user_id).await?
+            {
+                return Ok(user);
+            }
             if let Some(user) = store.user_by_email(&email).await? {
                 if !verified {
                     return Err(OAuthError::EmailNotVerified);
@@ -733,6 +749,9 @@ impl OAuthLogin {
             );
         }
         if evicted > 0 || !proven_before {
+            // Exchange codes issued before this moment (to whoever claimed
+            // the email first) are refused from now on.
+            self.mark_signed_out(&user.id, now_ms).await?;
             store
                 .revoke(&crate::store::Revocation {
                     user_id: user.id.clone(),
@@ -743,6 +762,21 @@ impl OAuthLogin {
                 .await?;
         }
         Ok(user)
+    }
+
+    /// Records that every session of the user was signed out at `now_ms`.
+    async fn mark_signed_out(&self, user_id: &str, now_ms: i64) -> Result<(), OAuthError> {
+        self.inner
+            .store
+            .upsert_versioned(&crate::store::Versioned {
+                ns: SIGNED_OUT_NS.to_owned(),
+                key: user_id.to_owned(),
+                version: now_ms,
+                data: Vec::new(),
+                updated_at_ms: now_ms,
+            })
+            .await?;
+        Ok(())
     }
 
     /// The user a link (possibly made by a racer) belongs to.
@@ -777,6 +811,15 @@ impl OAuthLogin {
             .take_item(CODE_NS, code, now_ms)
             .await?
             .ok_or(OAuthError::InvalidCode)?;
+        if let Some(out) = self
+            .inner
+            .store
+            .versioned(SIGNED_OUT_NS, &pending.user_id)
+            .await?
+            && pending.issued_at_ms < out.version
+        {
+            return Err(OAuthError::InvalidCode);
+        }
         match self
             .inner
             .auth
@@ -806,6 +849,37 @@ impl OAuthLogin {
     /// [`OAuthError::NotLinked`], [`OAuthError::LastSignInMethod`], the
     /// store's.
     pub async fn unlink(&self, user_id: &str, provider: Provider) -> Result<(), OAuthError> {
+        // One unlink of a user at a time, on every instance: two
+        // concurrent unlinks of the last two providers would each see the
+        // other still there.
+        let store = self.inner.store.as_ref();
+        let lease = self.user_lease(user_id).await?;
+        let result = self.unlink_held(user_id, provider).await;
+        let _ = store.release(&lease).await;
+        result
+    }
+
+    /// Takes the user's account lease (a few seconds), waiting up to two
+    /// seconds for another holder.
+    async fn user_lease(&self, user_id: &str) -> Result<crate::store::Lease, OAuthError> {
+        let store = self.inner.store.as_ref();
+        let holder = random_token();
+        for _ in 0..40 {
+            let request = crate::store::NewLease {
+                name: format!("oauth_account:{user_id}"),
+                holder: holder.clone(),
+                ttl_ms: 10_000,
+                now_ms: self.inner.clock.now_ms(),
+            };
+            if let Some(lease) = store.acquire(&request).await? {
+                return Ok(lease);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Err(OAuthError::Store(StoreError::Conflict))
+    }
+
+    async fn unlink_held(&self, user_id: &str, provider: Provider) -> Result<(), OAuthError> {
         let store = self.inner.store.as_ref();
         let all = self.links(user_id).await?;
         let link = all

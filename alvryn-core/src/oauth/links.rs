@@ -8,6 +8,10 @@ use crate::store::{Record, RecordFilter, StoreBackend, StoreError};
 
 /// Namespace of link records.
 pub(crate) const LINK_NS: &str = "oauth_link";
+/// Namespace of a user's one slot per provider (key `user:provider`,
+/// data: the subject holding it): what makes "one account per provider
+/// per user" atomic.
+pub(crate) const SLOT_NS: &str = "oauth_link_slot";
 
 /// A provider account linked to a user. Holds no token.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,14 +103,32 @@ pub(crate) async fn link(
     user_id: &str,
     now_ms: i64,
 ) -> Result<ProviderLink, OAuthError> {
-    // One account per provider per user: the provider tokens are kept per
-    // (user, provider).
-    if of_user(store, user_id, now_ms)
-        .await?
-        .iter()
-        .any(|l| l.provider == provider && l.subject != subject)
-    {
-        return Err(OAuthError::AlreadyLinked);
+    // One account per provider per user (the provider tokens are kept per
+    // (user, provider)): the user's slot for the provider is taken first,
+    // by insert-if-absent, so two concurrent links of different accounts
+    // cannot both win.
+    let slot_key = format!("{user_id}:{provider}");
+    let slot = Record {
+        ns: SLOT_NS.to_owned(),
+        key: slot_key.clone(),
+        owner: Some(user_id.to_owned()),
+        status: 1,
+        data: subject.as_bytes().to_vec(),
+        created_at_ms: now_ms,
+        updated_at_ms: now_ms,
+        expires_at_ms: None,
+    };
+    let mut took_slot = true;
+    match store.insert_if_absent(&slot).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict) => {
+            let held = store.record(SLOT_NS, &slot_key, now_ms).await?;
+            if held.is_some_and(|h| h.data != subject.as_bytes()) {
+                return Err(OAuthError::AlreadyLinked);
+            }
+            took_slot = false;
+        }
+        Err(e) => return Err(e.into()),
     }
     let data = serde_json::to_vec(&Stored {
         provider: provider.as_str().to_owned(),
@@ -127,19 +149,136 @@ pub(crate) async fn link(
     };
     match store.insert_if_absent(&record).await {
         Ok(()) => Ok(from_record(record)?),
-        Err(StoreError::Conflict) => find(store, provider, subject, now_ms)
-            .await?
-            .ok_or(OAuthError::Store(StoreError::Conflict)),
-        Err(e) => Err(e.into()),
+        Err(StoreError::Conflict) => {
+            let existing = find(store, provider, subject, now_ms)
+                .await?
+                .ok_or(OAuthError::Store(StoreError::Conflict))?;
+            // The provider account is another user's: the slot taken for
+            // it here is not needed.
+            if took_slot && existing.user_id != user_id {
+                store.remove_record(SLOT_NS, &slot_key).await?;
+            }
+            Ok(existing)
+        }
+        Err(e) => {
+            if took_slot {
+                let _ = store.remove_record(SLOT_NS, &slot_key).await;
+            }
+            Err(e.into())
+        }
     }
 }
 
-/// Removes the link of `provider` from `user_id`.
+/// Removes the link, and its user's slot for the provider.
 pub(crate) async fn unlink(
     store: &dyn StoreBackend,
     link: &ProviderLink,
 ) -> Result<bool, StoreError> {
-    store
+    let removed = store
         .remove_record(LINK_NS, &key(link.provider, &link.subject))
+        .await?;
+    store
+        .remove_record(SLOT_NS, &format!("{}:{}", link.user_id, link.provider))
+        .await?;
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn store() -> Arc<dyn StoreBackend> {
+        Arc::new(MemoryStore::new())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn of_20_concurrent_links_of_different_accounts_one_wins() {
+        let s = store();
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let s = Arc::clone(&s);
+                tokio::spawn(async move {
+                    link(
+                        s.as_ref(),
+                        Provider::Google,
+                        &format!("sub-{i}"),
+                        None,
+                        true,
+                        "u1",
+                        1,
+                    )
+                    .await
+                })
+            })
+            .collect();
+        let mut won = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(l) => {
+                    assert_eq!(l.user_id, "u1");
+                    won += 1;
+                }
+                Err(OAuthError::AlreadyLinked) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(won, 1);
+        assert_eq!(of_user(s.as_ref(), "u1", 2).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn relinking_the_same_account_is_idempotent_and_unlink_frees_the_slot() {
+        let s = store();
+        let a = link(s.as_ref(), Provider::Google, "sub-a", None, true, "u1", 1)
+            .await
+            .unwrap();
+        let again = link(s.as_ref(), Provider::Google, "sub-a", None, true, "u1", 2)
+            .await
+            .unwrap();
+        assert_eq!(again, a);
+        assert!(matches!(
+            link(s.as_ref(), Provider::Google, "sub-b", None, true, "u1", 3).await,
+            Err(OAuthError::AlreadyLinked)
+        ));
+        // Another provider is another slot.
+        link(
+            s.as_ref(),
+            Provider::Microsoft,
+            "sub-m",
+            None,
+            true,
+            "u1",
+            3,
+        )
         .await
+        .unwrap();
+        assert!(unlink(s.as_ref(), &a).await.unwrap());
+        let b = link(s.as_ref(), Provider::Google, "sub-b", None, true, "u1", 4)
+            .await
+            .unwrap();
+        assert_eq!(b.subject, "sub-b");
+    }
+
+    #[tokio::test]
+    async fn an_account_linked_to_another_user_leaves_our_slot_free() {
+        let s = store();
+        link(s.as_ref(), Provider::Google, "sub-x", None, true, "u1", 1)
+            .await
+            .unwrap();
+        // u2 tries to link u1's Google account: it gets u1's link back
+        // (the caller signs into u1) and keeps its own slot free.
+        let got = link(s.as_ref(), Provider::Google, "sub-x", None, true, "u2", 2)
+            .await
+            .unwrap();
+        assert_eq!(got.user_id, "u1");
+        let own = link(s.as_ref(), Provider::Google, "sub-y", None, true, "u2", 3)
+            .await
+            .unwrap();
+        assert_eq!(own.user_id, "u2");
+    }
 }
