@@ -1465,9 +1465,16 @@ fn access_token_single_flight(flavor: Flavor) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let requests_before = env.mock.stat("token_requests");
     let got = rt.block_on(async {
+        // Two instances over one store (two handles on the file, two
+        // in-process gates), five callers each: still one refresh grant.
         let state = env.in_process().await;
-        let calls = (0..10).map(|_| {
-            let tokens = state.oauth.tokens().clone();
+        let other = env.in_process().await;
+        let calls = (0..10).map(|i| {
+            let tokens = if i % 2 == 0 {
+                state.oauth.tokens().clone()
+            } else {
+                other.oauth.tokens().clone()
+            };
             let uid = uid.clone();
             tokio::spawn(async move { tokens.access_token(&uid, flavor.provider()).await })
         });

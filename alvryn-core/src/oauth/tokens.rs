@@ -31,6 +31,10 @@ pub const STATUS_FIRST_SEALED: u32 = 2;
 pub const TOKEN_COLLECTION: &str = "provider_tokens";
 /// An access token this close to its expiry is refreshed instead of used.
 const EXPIRY_MARGIN_MS: i64 = 60_000;
+/// How long a refresh may hold its lease, milliseconds.
+const REFRESH_LEASE_TTL_MS: i64 = 30_000;
+/// Polls (25 ms apart) for the lease another instance holds.
+const REFRESH_LEASE_WAITS: usize = 1_400;
 /// Attempts at a write that keeps meeting concurrent writers.
 const WRITE_ATTEMPTS: usize = 8;
 
@@ -360,7 +364,48 @@ impl ProviderTokens {
     }
 
     /// The refresh itself, under the (user, provider) gate.
+    /// Under the in-process gate: takes the store lease of (user,
+    /// provider), so instances sharing the store refresh one at a time
+    /// too (a rotating provider honours only the first use of a refresh
+    /// token), then refreshes unless the last holder already did.
     async fn refresh_locked(
+        &self,
+        user_id: &str,
+        provider: Provider,
+    ) -> Result<SecretString, OAuthError> {
+        let name = format!("provider_refresh:{}", token_key(user_id, provider));
+        let holder = {
+            let mut b = [0u8; 16];
+            rand::fill(&mut b[..]);
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        };
+        // A refresh takes one provider round trip; a holder that died
+        // frees the lease after its time to live.
+        let mut lease = None;
+        for _ in 0..REFRESH_LEASE_WAITS {
+            let request = crate::store::NewLease {
+                name: name.clone(),
+                holder: holder.clone(),
+                ttl_ms: REFRESH_LEASE_TTL_MS,
+                now_ms: self.clock.now_ms(),
+            };
+            if let Some(l) = self.store.acquire(&request).await? {
+                lease = Some(l);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        let Some(lease) = lease else {
+            return Err(OAuthError::ProviderUnavailable(
+                "another instance is refreshing this token and has not finished".into(),
+            ));
+        };
+        let result = self.refresh_leased(user_id, provider).await;
+        let _ = self.store.release(&lease).await;
+        result
+    }
+
+    async fn refresh_leased(
         &self,
         user_id: &str,
         provider: Provider,
