@@ -683,7 +683,7 @@ mod tests {
             assert_eq!(err, SecretsError::NotAWebhookSecret { position }, "{list}");
             assert!(!err.to_string().contains("secretvalue"));
         }
-        let nine = vec!["whsec_x"; MAX_SECRETS + 1].join(",");
+        let nine = ["whsec_x"; MAX_SECRETS + 1].join(",");
         assert_eq!(
             WebhookSecrets::parse(&nine).unwrap_err(),
             SecretsError::TooMany { max: MAX_SECRETS }
