@@ -506,7 +506,11 @@ async fn oidc_unknown_kid_refetches_once_per_interval() {
     // Once the interval has passed, the next unknown kid refetches again.
     let quick = OidcProvider::new(
         OidcSettings {
-            jwks_refetch_interval: Duration::from_millis(300),
+            // Long enough that a key rotation at the mock (an RSA key
+            // generation, up to a second on a busy machine) and a login
+            // fit inside it; the refusal below needs the interval to be
+            // still running.
+            jwks_refetch_interval: Duration::from_secs(4),
             ..OidcSettings::new(
                 mock.discovery_url(),
                 mock.issuer_rule(Flavor::Google),
@@ -525,7 +529,7 @@ async fn oidc_unknown_kid_refetches_once_per_interval() {
         refused(quick.verify_id_token(&token, "n", now_s()).await),
         "unknown key"
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(4_200)).await;
     quick.verify_id_token(&token, "n", now_s()).await.unwrap(); // refetch 2
     assert_eq!(mock.stats().await, (d0 + 2, j0 + 5));
 }
