@@ -62,6 +62,18 @@ async fn store() -> (Arc<dyn StoreBackend>, tempfile::TempDir) {
     (Arc::new(s), dir)
 }
 
+/// Archiving `e` must fall back: answered as kept in the database, and
+/// its record holding the raw body, flagged for upload.
+async fn assert_falls_back(archive: &FallbackArchive, store: &Arc<dyn StoreBackend>, e: &RawEvent) {
+    assert_eq!(
+        archive.archive(e).await.unwrap(),
+        Archived::Database {
+            pending_upload: true
+        }
+    );
+    assert_kept_raw(store, e).await;
+}
+
 /// The record of `event` must hold its raw body, flagged for upload.
 async fn assert_kept_raw(store: &Arc<dyn StoreBackend>, e: &RawEvent) {
     let r = store
@@ -130,13 +142,7 @@ async fn a_missing_bucket_falls_back_to_the_database() {
         Arc::clone(&store),
     );
     let e = event(&unique("evt"));
-    assert_eq!(
-        archive.archive(&e).await.unwrap(),
-        Archived::Database {
-            pending_upload: true
-        }
-    );
-    assert_kept_raw(&store, &e).await;
+    assert_falls_back(&archive, &store, &e).await;
 }
 
 #[tokio::test]
@@ -153,13 +159,7 @@ async fn an_endpoint_that_is_down_falls_back_to_the_database() {
         Arc::clone(&store),
     );
     let e = event("evt_down");
-    assert_eq!(
-        archive.archive(&e).await.unwrap(),
-        Archived::Database {
-            pending_upload: true
-        }
-    );
-    assert_kept_raw(&store, &e).await;
+    assert_falls_back(&archive, &store, &e).await;
 }
 
 /// A real HTTP server that answers every request with `status` (or, with
@@ -199,13 +199,7 @@ async fn s3_answering_500_falls_back_to_the_database() {
         Arc::clone(&store),
     );
     let e = event("evt_500");
-    assert_eq!(
-        archive.archive(&e).await.unwrap(),
-        Archived::Database {
-            pending_upload: true
-        }
-    );
-    assert_kept_raw(&store, &e).await;
+    assert_falls_back(&archive, &store, &e).await;
 }
 
 #[tokio::test]
@@ -217,11 +211,5 @@ async fn an_upload_that_hangs_past_a_timeout_layer_falls_back() {
         .service(ArchiveService::new(Arc::new(s3)));
     let archive = FallbackArchive::new(Arc::new(ServiceArchive::new(layered)), Arc::clone(&store));
     let e = event("evt_hang");
-    assert_eq!(
-        archive.archive(&e).await.unwrap(),
-        Archived::Database {
-            pending_upload: true
-        }
-    );
-    assert_kept_raw(&store, &e).await;
+    assert_falls_back(&archive, &store, &e).await;
 }
