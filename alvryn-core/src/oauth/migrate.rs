@@ -88,15 +88,90 @@ pub struct MigrationReport {
     pub active_key: String,
 }
 
-/// The user and provider of a token record (`user:provider`).
-fn owner_of(r: &Record) -> Option<(String, Provider)> {
-    let (user, provider) = r.key.rsplit_once(':')?;
-    let provider = Provider::parse(provider)?;
-    (!user.is_empty()).then(|| (user.to_owned(), provider))
+/// A token record to migrate: its payload, user and provider.
+struct Token {
+    record: Record,
+    data: TokenRecord,
+    user: String,
+    provider: Provider,
 }
 
-fn is_plain(v: &Option<String>) -> bool {
-    v.as_deref().is_some_and(|t| !t.starts_with(TEXT_PREFIX))
+impl Token {
+    /// The record parsed, with the user and provider its key names
+    /// (`user:provider`); `None` for a damaged record.
+    fn parse(record: Record) -> Option<Self> {
+        let data = TokenRecord::from_record(&record).ok()?;
+        let (user, provider) = record.key.rsplit_once(':')?;
+        let provider = Provider::parse(provider)?;
+        let user = (!user.is_empty()).then(|| user.to_owned())?;
+        Some(Self {
+            record,
+            data,
+            user,
+            provider,
+        })
+    }
+
+    /// Replaces each stored token that `pick` selects with what `f` makes
+    /// of it; `false` (logged) when `f` fails for one.
+    async fn rewrite<F, Fut>(&mut self, pick: impl Fn(&str) -> bool, f: F) -> bool
+    where
+        F: Fn(&'static str, String) -> Fut,
+        Fut: Future<Output = Result<String, OAuthError>>,
+    {
+        for (which, value) in [
+            ("refresh_token", &mut self.data.refresh_token),
+            ("access_token", &mut self.data.access_token),
+        ] {
+            let Some(v) = value.clone().filter(|v| pick(v)) else {
+                continue;
+            };
+            match f(which, v).await {
+                Ok(new) => *value = Some(new),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a provider token could not be migrated");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Writes the rewritten payload at status `to`, if the record is still
+    /// what was read.
+    async fn write(&self, store: &dyn StoreBackend, to: u32, now_ms: i64) -> Outcome {
+        let moved = store
+            .advance(&Advance {
+                ns: TOKEN_NS.to_owned(),
+                key: self.record.key.clone(),
+                to,
+                data: Some(self.data.to_bytes()),
+                now_ms,
+            })
+            .await;
+        match moved {
+            Ok(true) => Outcome::Migrated,
+            Ok(false) | Err(crate::store::StoreError::NotFound) => Outcome::ChangedMeanwhile,
+            Err(e) => {
+                tracing::warn!(error = %e, "a token record could not be written");
+                Outcome::Failed
+            }
+        }
+    }
+}
+
+impl TokenRecord {
+    /// The stored tokens, refresh then access.
+    fn values(&self) -> impl Iterator<Item = &str> {
+        [&self.refresh_token, &self.access_token]
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
+    }
+}
+
+fn is_plain(v: &str) -> bool {
+    !v.starts_with(TEXT_PREFIX)
 }
 
 /// Pages through the namespace in order (with `status`, if given).
@@ -147,6 +222,32 @@ enum Outcome {
     AlreadyDone,
     ChangedMeanwhile,
     Failed,
+    /// A dry run found that it needs the migration.
+    WouldMigrate,
+}
+
+/// One record's outcome, and whether it needed the migration (a record
+/// that did may still end `ChangedMeanwhile` or `Failed`).
+struct Step {
+    outcome: Outcome,
+    needed: bool,
+}
+
+impl From<Outcome> for Step {
+    fn from(outcome: Outcome) -> Self {
+        let needed = matches!(outcome, Outcome::WouldMigrate);
+        Self { outcome, needed }
+    }
+}
+
+impl Step {
+    /// A record that needed the migration and ended so.
+    fn needed(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            needed: true,
+        }
+    }
 }
 
 /// Counts the records of the namespace (with `status`, if given).
@@ -165,83 +266,46 @@ async fn count(
 }
 
 /// Runs `step` on every record (with `status`, if given), a page at a
-/// time, `concurrency` at once, reporting progress after each page.
-async fn each_record<F, Fut>(
+/// time, `concurrency` at once, reporting progress after each page, and
+/// tallies the steps into `report`; then takes the census.
+async fn run_steps<F, Fut>(
     store: &dyn StoreBackend,
     status: Option<u32>,
     options: &MigrationOptions,
     now_ms: &dyn Fn() -> i64,
     progress: &(dyn Fn(MigrationProgress) + Send + Sync),
+    mut report: MigrationReport,
     step: F,
-) -> Result<Vec<(Outcome, u64)>, OAuthError>
+) -> Result<MigrationReport, OAuthError>
 where
     F: Fn(Record) -> Fut,
-    Fut: Future<Output = Outcome>,
+    Fut: Future<Output = Step>,
 {
     let batch = options.batch.max(1);
     let total = count(store, status, batch, now_ms()).await?;
     progress(MigrationProgress { done: 0, total });
-    let mut outcomes = [0u64; 4];
-    let mut done = 0u64;
     let mut pages = Pager::new(status, batch);
     while let Some(page) = pages.next(store, now_ms()).await? {
-        done += page.len() as u64;
-        let mut results = futures_util::stream::iter(page.into_iter().map(&step))
+        report.scanned += page.len() as u64;
+        let mut steps = futures_util::stream::iter(page.into_iter().map(&step))
             .buffer_unordered(options.concurrency.max(1));
-        while let Some(outcome) = results.next().await {
-            outcomes[outcome as usize] += 1;
-        }
-        progress(MigrationProgress {
-            done,
-            total: total.max(done),
-        });
-    }
-    Ok(vec![
-        (Outcome::Migrated, outcomes[0]),
-        (Outcome::AlreadyDone, outcomes[1]),
-        (Outcome::ChangedMeanwhile, outcomes[2]),
-        (Outcome::Failed, outcomes[3]),
-    ])
-}
-
-/// Writes `next` over `r` if `r` is still what was read.
-async fn replace(
-    store: &dyn StoreBackend,
-    r: &Record,
-    to: u32,
-    next: &TokenRecord,
-    now_ms: i64,
-) -> Outcome {
-    let moved = store
-        .advance(&Advance {
-            ns: TOKEN_NS.to_owned(),
-            key: r.key.clone(),
-            to,
-            data: Some(next.to_bytes()),
-            now_ms,
-        })
-        .await;
-    match moved {
-        Ok(true) => Outcome::Migrated,
-        Ok(false) | Err(crate::store::StoreError::NotFound) => Outcome::ChangedMeanwhile,
-        Err(e) => {
-            tracing::warn!(error = %e, "a token record could not be written");
-            Outcome::Failed
-        }
-    }
-}
-
-impl Outcome {
-    fn tally(report: &mut MigrationReport, counts: Vec<(Outcome, u64)>) {
-        for (o, n) in counts {
-            match o {
-                Outcome::Migrated => report.migrated += n,
-                Outcome::AlreadyDone => report.already_done += n,
-                Outcome::ChangedMeanwhile => report.changed_meanwhile += n,
-                Outcome::Failed => report.failed += n,
+        while let Some(s) = steps.next().await {
+            report.needed += u64::from(s.needed);
+            match s.outcome {
+                Outcome::Migrated => report.migrated += 1,
+                Outcome::AlreadyDone => report.already_done += 1,
+                Outcome::ChangedMeanwhile => report.changed_meanwhile += 1,
+                Outcome::Failed => report.failed += 1,
+                Outcome::WouldMigrate => {}
             }
         }
+        progress(MigrationProgress {
+            done: report.scanned,
+            total: total.max(report.scanned),
+        });
     }
+    census(store, options, now_ms(), &mut report).await?;
+    Ok(report)
 }
 
 /// A final pass of counts: plaintext records left and sealed values per
@@ -260,40 +324,15 @@ async fn census(
             let Ok(t) = TokenRecord::from_record(r) else {
                 continue;
             };
-            if is_plain(&t.refresh_token) || is_plain(&t.access_token) {
+            if t.values().any(is_plain) {
                 report.plaintext_left += 1;
             }
-            for v in [&t.refresh_token, &t.access_token].into_iter().flatten() {
-                if let Some(id) = FieldCipher::key_id_of(v) {
-                    *report.values_by_key.entry(id.to_string()).or_default() += 1;
-                }
+            for id in t.values().filter_map(FieldCipher::key_id_of) {
+                *report.values_by_key.entry(id.to_string()).or_default() += 1;
             }
         }
     }
     Ok(())
-}
-
-/// Completes a report from the tally and the counters, then takes the
-/// census.
-async fn finish(
-    store: &dyn StoreBackend,
-    options: &MigrationOptions,
-    now_ms: i64,
-    mut report: MigrationReport,
-    counts: Vec<(Outcome, u64)>,
-    needed: std::sync::atomic::AtomicU64,
-    scanned: std::sync::atomic::AtomicU64,
-) -> Result<MigrationReport, OAuthError> {
-    Outcome::tally(&mut report, counts);
-    report.needed = needed.into_inner();
-    report.scanned = scanned.into_inner();
-    if !options.run {
-        // A dry run's step answers "already done" for what it would do,
-        // to keep the tally simple.
-        report.already_done -= report.needed;
-    }
-    census(store, options, now_ms, &mut report).await?;
-    Ok(report)
 }
 
 /// `alvryn migrate encrypt-refresh-tokens`: seals every plaintext
@@ -315,67 +354,51 @@ pub async fn encrypt_refresh_tokens(
         active_key: cipher.active_key_id().to_string(),
         ..MigrationReport::default()
     };
-    let needed = std::sync::atomic::AtomicU64::new(0);
-    let scanned = std::sync::atomic::AtomicU64::new(0);
-    let counts = each_record(
+    // A dry run also counts the sealed ones; a run visits only the
+    // plaintext ones.
+    let status = options.run.then_some(STATUS_PLAINTEXT);
+    run_steps(
         store,
-        // A dry run also counts the sealed ones; a run visits only the
-        // plaintext ones.
-        if options.run {
-            Some(STATUS_PLAINTEXT)
-        } else {
-            None
-        },
+        status,
         &options,
         now_ms,
         progress,
-        |r| {
-            let (needed, scanned) = (&needed, &scanned);
-            async move {
-                use std::sync::atomic::Ordering::Relaxed;
-                scanned.fetch_add(1, Relaxed);
-                let Ok(mut t) = TokenRecord::from_record(&r) else {
-                    return Outcome::Failed;
-                };
-                let Some((user, provider)) = owner_of(&r) else {
-                    return Outcome::Failed;
-                };
-                let plain = r.status == STATUS_PLAINTEXT
-                    && (is_plain(&t.refresh_token) || is_plain(&t.access_token));
-                if !plain {
-                    if !options.run || r.status != STATUS_PLAINTEXT {
-                        return Outcome::AlreadyDone;
-                    }
-                    // Marked plaintext, holds none: just mark it sealed.
-                    return match replace(store, &r, STATUS_FIRST_SEALED, &t, now_ms()).await {
-                        Outcome::Migrated => Outcome::AlreadyDone,
-                        other => other,
-                    };
-                }
-                needed.fetch_add(1, Relaxed);
-                if !options.run {
-                    return Outcome::AlreadyDone;
-                }
-                for (which, value) in [
-                    ("refresh_token", &mut t.refresh_token),
-                    ("access_token", &mut t.access_token),
-                ] {
-                    if let Some(v) = value.as_ref().filter(|v| !v.starts_with(TEXT_PREFIX)) {
-                        match seal(cipher, &user, provider, which, v).await {
-                            Ok(sealed) => *value = Some(sealed),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "a token could not be sealed");
-                                return Outcome::Failed;
-                            }
-                        }
-                    }
-                }
-                replace(store, &r, STATUS_FIRST_SEALED, &t, now_ms()).await
+        report,
+        |r| async move {
+            let Some(mut t) = Token::parse(r) else {
+                return Outcome::Failed.into();
+            };
+            if t.record.status != STATUS_PLAINTEXT {
+                return Outcome::AlreadyDone.into();
             }
+            if !t.data.values().any(is_plain) {
+                if !options.run {
+                    return Outcome::AlreadyDone.into();
+                }
+                // Marked plaintext, holds none: just mark it sealed.
+                return match t.write(store, STATUS_FIRST_SEALED, now_ms()).await {
+                    Outcome::Migrated => Outcome::AlreadyDone,
+                    other => other,
+                }
+                .into();
+            }
+            if !options.run {
+                return Outcome::WouldMigrate.into();
+            }
+            let (user, provider) = (t.user.clone(), t.provider);
+            let sealed = t
+                .rewrite(is_plain, |which, v| {
+                    let user = &user;
+                    async move { seal(cipher, user, provider, which, &v).await }
+                })
+                .await;
+            if !sealed {
+                return Step::needed(Outcome::Failed);
+            }
+            Step::needed(t.write(store, STATUS_FIRST_SEALED, now_ms()).await)
         },
     )
-    .await?;
-    finish(store, &options, now_ms(), report, counts, needed, scanned).await
+    .await
 }
 
 /// `alvryn migrate rewrap`: re-seals every sealed provider token that is
@@ -398,57 +421,41 @@ pub async fn rewrap(
         active_key: active.to_string(),
         ..MigrationReport::default()
     };
-    let needed = std::sync::atomic::AtomicU64::new(0);
-    let scanned = std::sync::atomic::AtomicU64::new(0);
-    let counts = each_record(store, None, &options, now_ms, progress, |r| {
-        let (needed, scanned, active) = (&needed, &scanned, &active);
-        async move {
-            use std::sync::atomic::Ordering::Relaxed;
-            scanned.fetch_add(1, Relaxed);
-            let Ok(mut t) = TokenRecord::from_record(&r) else {
-                return Outcome::Failed;
+    let stale = |v: &str| FieldCipher::key_id_of(v).is_some_and(|id| id != active);
+    run_steps(
+        store,
+        None,
+        &options,
+        now_ms,
+        progress,
+        report,
+        |r| async move {
+            let Some(mut t) = Token::parse(r) else {
+                return Outcome::Failed.into();
             };
-            let Some((user, provider)) = owner_of(&r) else {
-                return Outcome::Failed;
-            };
-            if r.status < STATUS_FIRST_SEALED {
-                // Plaintext: not this migration's (see the census).
-                return Outcome::AlreadyDone;
+            // Plaintext records are not this migration's (see the census).
+            if t.record.status < STATUS_FIRST_SEALED || !t.data.values().any(stale) {
+                return Outcome::AlreadyDone.into();
             }
-            let stale = |v: &str| FieldCipher::key_id_of(v).is_some_and(|id| &id != active);
-            let any_stale = [&t.refresh_token, &t.access_token]
-                .into_iter()
-                .flatten()
-                .any(|v| stale(v));
-            if !any_stale {
-                return Outcome::AlreadyDone;
-            }
-            needed.fetch_add(1, Relaxed);
             if !options.run {
-                return Outcome::AlreadyDone;
+                return Outcome::WouldMigrate.into();
             }
-            for (which, value) in [
-                ("refresh_token", &mut t.refresh_token),
-                ("access_token", &mut t.access_token),
-            ] {
-                let Some(v) = value.as_ref().filter(|v| stale(v)) else {
-                    continue;
-                };
-                let resealed = match open(cipher, &user, provider, which, v) {
-                    Ok(plain) => seal(cipher, &user, provider, which, plain.expose()).await,
-                    Err(e) => Err(e),
-                };
-                match resealed {
-                    Ok(s) => *value = Some(s),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "a token could not be re-sealed");
-                        return Outcome::Failed;
+            let (user, provider) = (t.user.clone(), t.provider);
+            let resealed = t
+                .rewrite(stale, |which, v| {
+                    let user = &user;
+                    async move {
+                        let plain = open(cipher, user, provider, which, &v)?;
+                        seal(cipher, user, provider, which, plain.expose()).await
                     }
-                }
+                })
+                .await;
+            if !resealed {
+                return Step::needed(Outcome::Failed);
             }
-            replace(store, &r, r.status + 1, &t, now_ms()).await
-        }
-    })
-    .await?;
-    finish(store, &options, now_ms(), report, counts, needed, scanned).await
+            let to = t.record.status + 1;
+            Step::needed(t.write(store, to, now_ms()).await)
+        },
+    )
+    .await
 }
