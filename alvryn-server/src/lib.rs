@@ -116,6 +116,14 @@ pub enum StartupError {
     Serve(#[source] std::io::Error),
 }
 
+/// Creates the data folder (0700) if it is missing.
+fn data_dir(config: &Config) -> Result<(), StartupError> {
+    ensure_data_dir(&config.data_dir).map_err(|source| StartupError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })
+}
+
 /// Opens the configured store: MongoDB when `MONGO_URI` is set, else the
 /// embedded SQLite file in the data folder (created if missing).
 ///
@@ -130,10 +138,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn StoreBackend>, Startu
             }
         })?),
         None => {
-            ensure_data_dir(&config.data_dir).map_err(|source| StartupError::DataDir {
-                path: config.data_dir.clone(),
-                source,
-            })?;
+            data_dir(config)?;
             Arc::new(
                 SqliteStore::open(config.data_dir.join(EMBEDDED_DB_FILE))
                     .await
@@ -155,18 +160,12 @@ impl AppState {
     /// # Errors
     /// See [`StartupError`]; each names what failed.
     pub async fn new(config: Config) -> Result<Self, StartupError> {
-        let data_dir = || {
-            ensure_data_dir(&config.data_dir).map_err(|source| StartupError::DataDir {
-                path: config.data_dir.clone(),
-                source,
-            })
-        };
         let needs_dev = config.mode == Mode::Development
             && (config.jwt_secret.is_none()
                 || config.jwt_refresh_secret.is_none()
                 || matches!(config.field_keys, config::FieldKeys::DevGenerated));
         let dev = if needs_dev {
-            data_dir()?;
+            data_dir(&config)?;
             Some(DevSecrets::load_or_create(&config.data_dir)?)
         } else {
             None

@@ -68,7 +68,9 @@ const EMPTY: &[u8] = b"\r\ncontent-length: 0\r\n";
 /// error answers: a whole head (ending in the blank line, nothing after
 /// it) with status 400, 414 or 431 and `content-length: 0`.
 fn rewrite(head: &[u8]) -> Option<Vec<u8>> {
+    // The status first: for every other answer this is all the work.
     let status = head.strip_prefix(b"HTTP/1.1 ")?.get(..3)?;
+    let (code, message) = body_for(status)?;
     // Exactly one head: its blank line ends the write. (Several queued
     // heads of body-less answers can share one write; none of those is
     // touched.)
@@ -76,7 +78,6 @@ fn rewrite(head: &[u8]) -> Option<Vec<u8>> {
     if end + 4 != head.len() {
         return None;
     }
-    let (code, message) = body_for(status)?;
     let at = head.windows(EMPTY.len()).position(|w| w == EMPTY)?;
     let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
     let mut out = Vec::with_capacity(head.len() + body.len() + 64);

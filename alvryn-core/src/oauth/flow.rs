@@ -364,6 +364,19 @@ impl OAuthLogin {
             .ok_or(OAuthError::NotConfigured(provider))
     }
 
+    /// The provider's client for the login flow: discovered endpoints and
+    /// our callback as the redirect URI.
+    async fn login_client(&self, provider: Provider) -> Result<(&Configured, Client), OAuthError> {
+        let configured = self.configured(provider)?;
+        let metadata = configured.oidc.metadata().await?;
+        let client = oauth_client(
+            &configured.settings,
+            &metadata,
+            Some(&self.callback_url(provider)?),
+        )?;
+        Ok((configured, client))
+    }
+
     fn callback_url(&self, provider: Provider) -> Result<url::Url, OAuthError> {
         let base = self.inner.backend.as_str().trim_end_matches('/');
         url::Url::parse(&format!("{base}/auth/oauth/{provider}/callback"))
@@ -410,14 +423,8 @@ impl OAuthLogin {
         provider: Provider,
         redirect_to: Option<&str>,
     ) -> Result<LoginStarted, OAuthError> {
-        let configured = self.configured(provider)?;
         let return_to = self.return_to(redirect_to)?;
-        let metadata = configured.oidc.metadata().await?;
-        let client = oauth_client(
-            &configured.settings,
-            &metadata,
-            Some(&self.callback_url(provider)?),
-        )?;
+        let (configured, client) = self.login_client(provider).await?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let state = random_token();
         let nonce = random_token();
@@ -582,13 +589,7 @@ impl OAuthLogin {
             .as_deref()
             .filter(|c| !c.is_empty() && c.len() <= 4096)
             .ok_or(OAuthError::ProviderDenied("provider_error"))?;
-        let configured = self.configured(provider)?;
-        let metadata = configured.oidc.metadata().await?;
-        let client = oauth_client(
-            &configured.settings,
-            &metadata,
-            Some(&self.callback_url(provider)?),
-        )?;
+        let (configured, client) = self.login_client(provider).await?;
         let response = client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .set_pkce_verifier(PkceCodeVerifier::new(pending.verifier))

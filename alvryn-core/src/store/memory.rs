@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 
-use super::primitives::window_bounds;
+use super::primitives::{window_bounds, window_len};
 use super::{
     Advance, AuditEvent, AuditLog, CasOutcome, Lease, LeaseStore, NewLease, OneTimeItem,
     OneTimeStore, PreviousSlot, Purge, Purged, Record, RecordFilter, RecordStore, RefreshFamily,
@@ -404,7 +404,7 @@ impl WindowCounters for MemoryStore {
         let mut s = self.lock();
         let c = s
             .counters
-            .entry((key.to_owned(), window_ms.max(1), start))
+            .entry((key.to_owned(), window_len(window_ms), start))
             .or_insert((0, end));
         c.0 += 1;
         Ok(WindowCount {

@@ -82,7 +82,7 @@ use mongodb::options::{
 };
 use mongodb::{Client, Collection, Database, IndexModel};
 
-use super::primitives::window_bounds;
+use super::primitives::{window_bounds, window_len};
 use super::{
     Advance, AuditEvent, AuditLog, CasOutcome, Lease, LeaseStore, NewLease, OneTimeItem,
     OneTimeStore, PreviousSlot, Purge, Purged, Record, RecordFilter, RecordStore, RefreshFamily,
@@ -1289,7 +1289,7 @@ impl LeaseStore for MongoStore {
 impl WindowCounters for MongoStore {
     async fn hit(&self, key: &str, window_ms: i64, now_ms: i64) -> Result<WindowCount, StoreError> {
         let (start, end) = window_bounds(window_ms, now_ms);
-        let id = doc! { "key": key, "window_ms": window_ms.max(1), "start": date(start) };
+        let id = doc! { "key": key, "window_ms": window_len(window_ms), "start": date(start) };
         let coll = self.coll(COUNTERS);
         let counted = |d: &Document| {
             Ok(WindowCount {

@@ -351,9 +351,15 @@ pub trait Purge: Send + Sync + 'static {
     async fn purge_expired(&self, now_ms: i64) -> Result<Purged, StoreError>;
 }
 
+/// The length a window of `window_ms` really has: at least 1 ms. Part of
+/// a counter's identity in every backend.
+pub(crate) fn window_len(window_ms: i64) -> i64 {
+    window_ms.max(1)
+}
+
 /// The window containing `now_ms`: its start and end.
 pub(crate) fn window_bounds(window_ms: i64, now_ms: i64) -> (i64, i64) {
-    let w = window_ms.max(1);
+    let w = window_len(window_ms);
     let start = now_ms.div_euclid(w) * w;
     (start, start.saturating_add(w))
 }

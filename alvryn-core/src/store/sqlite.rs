@@ -45,7 +45,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 
-use super::primitives::window_bounds;
+use super::primitives::{window_bounds, window_len};
 use super::{
     Advance, AuditEvent, AuditLog, CasOutcome, Lease, LeaseStore, NewLease, OneTimeItem,
     OneTimeStore, PreviousSlot, Purge, Purged, Record, RecordFilter, RecordStore, RefreshFamily,
@@ -690,12 +690,11 @@ impl SessionStore for SqliteStore {
     async fn create_family(&self, family: &RefreshFamily) -> Result<(), StoreError> {
         let f = family.clone();
         self.write(move |c| {
-            c.prepare_cached(
-                "INSERT INTO refresh_families (id, user_id, created_at_ms, last_used_at_ms, expires_at_ms, user_agent, \
-                 current_hash, current_jti, current_issued_at, previous_hash, previous_rotated_at_ms, revoked_at_ms, \
-                 revoke_reason, generation, older_hash, older_rotated_at_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-            )
+            c.prepare_cached(concat!(
+                "INSERT INTO refresh_families (",
+                family_cols!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+            ))
             .and_then(|mut s| {
                 s.execute(params![
                     f.id,
@@ -809,15 +808,16 @@ impl SessionStore for SqliteStore {
     }
 }
 
-const ROTATE_SQL: &str = "UPDATE refresh_families SET
+const ROTATE_SQL: &str = concat!(
+    "UPDATE refresh_families SET
         older_hash = previous_hash, older_rotated_at_ms = previous_rotated_at_ms,
         previous_hash = current_hash, previous_rotated_at_ms = ?3,
         current_hash = ?4, current_jti = ?5, current_issued_at = ?6,
         last_used_at_ms = ?3, expires_at_ms = ?7, generation = generation + 1
      WHERE id = ?1 AND current_hash = ?2 AND revoked_at_ms IS NULL AND expires_at_ms > ?3
-     RETURNING id, user_id, created_at_ms, last_used_at_ms, expires_at_ms, user_agent, current_hash, \
-     current_jti, current_issued_at, previous_hash, previous_rotated_at_ms, revoked_at_ms, revoke_reason, generation, \
-     older_hash, older_rotated_at_ms";
+     RETURNING ",
+    family_cols!()
+);
 
 #[async_trait]
 impl AuditLog for SqliteStore {
@@ -1294,7 +1294,7 @@ impl WindowCounters for SqliteStore {
                      RETURNING count",
                 )
                 .and_then(|mut s| {
-                    s.query_row(params![key, window_ms.max(1), start, end], |r| r.get(0))
+                    s.query_row(params![key, window_len(window_ms), start, end], |r| r.get(0))
                 })
                 .map_err(unavailable)?;
             Ok(WindowCount {

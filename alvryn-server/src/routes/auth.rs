@@ -113,9 +113,7 @@ pub(crate) fn tokens(status: StatusCode, issued: &Issued) -> Response {
             "plan": issued.user.plan,
         },
     });
-    let mut resp = (status, Json(body)).into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut resp = no_store((status, Json(body)));
     resp.headers_mut()
         .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     resp
@@ -185,8 +183,8 @@ struct LinkedProvider {
     linked_at: String,
 }
 
-/// Personal data: never kept by a browser or a shared cache.
-fn no_store(body: impl IntoResponse) -> Response {
+/// Personal data or a secret: never kept by a browser or a shared cache.
+pub(crate) fn no_store(body: impl IntoResponse) -> Response {
     let mut resp = body.into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

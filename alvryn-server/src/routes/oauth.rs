@@ -10,11 +10,11 @@ use alvryn_core::secret::SecretString;
 use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{delete, get, post};
 use serde::Deserialize;
 
-use super::auth::{Bearer, tokens, user_agent};
+use super::auth::{Bearer, no_store, tokens, user_agent};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
@@ -61,10 +61,8 @@ fn provider(name: &str) -> Result<Provider, ApiError> {
 /// A 302 to `location` that no cache keeps.
 fn found(location: &url::Url) -> Result<Response, ApiError> {
     let value = HeaderValue::from_str(location.as_str()).map_err(|e| ApiError::internal(&e))?;
-    let mut resp = StatusCode::FOUND.into_response();
+    let mut resp = no_store(StatusCode::FOUND);
     resp.headers_mut().insert(header::LOCATION, value);
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(resp)
 }
 
