@@ -165,9 +165,7 @@ impl Mock {
     /// Queues what the next ID token issued to `client_id` says.
     fn next(&self, client_id: &str, flavor: Flavor, claims: &Value, mode: &str, hmac: &str) {
         let mut all = self.flavor_claims(flavor);
-        for (k, v) in claims.as_object().unwrap() {
-            all[k] = v.clone();
-        }
+        merge(&mut all, &claims);
         self.post(
             "/__control/next",
             &json!({"client_id": client_id, "claims": all, "mode": mode, "hmac_key": hmac}),
@@ -613,6 +611,14 @@ fn command(
     c
 }
 
+/// Sets every claim of `extra` on `claims` (an object), replacing any
+/// already there.
+fn merge(claims: &mut Value, extra: &Value) {
+    for (k, v) in extra.as_object().expect("claims are an object") {
+        claims[k] = v.clone();
+    }
+}
+
 /// Runs `case` for both provider configurations, one test each.
 macro_rules! both {
     ($case:ident: $google:ident, $microsoft:ident) => {
@@ -724,9 +730,7 @@ fn links_on_verified_email(flavor: Flavor) {
     let uid = user_id(&signed_up);
     if flavor == Flavor::Microsoft {
         let mut claims = json!({"sub": "sub-pat", "email": "pat@example.com"});
-        for (k, v) in flavor.unverified().as_object().unwrap() {
-            claims[k] = v.clone();
-        }
+        merge(&mut claims, &flavor.unverified());
         assert_eq!(env.login(&claims).error(), "email_not_verified");
         assert_eq!(env.link_count(), 0);
         assert!(env.token_record(&uid).is_none());
@@ -734,9 +738,7 @@ fn links_on_verified_email(flavor: Flavor) {
         assert_eq!(providers(&me), Vec::<String>::new());
     }
     let mut claims = json!({"sub": "sub-pat", "email": "PAT@example.com"});
-    for (k, v) in flavor.verified().as_object().unwrap() {
-        claims[k] = v.clone();
-    }
+    merge(&mut claims, &flavor.verified());
     let tokens = env.login_ok(&claims);
     assert_eq!(user_id(&tokens), uid);
     assert_eq!(env.user_count(), 1);
@@ -765,9 +767,7 @@ fn refuses_unverified_email(flavor: Flavor) {
     };
     let signed_up = env.signup("victim@example.com");
     let mut claims = json!({"sub": "sub-attacker", "email": "victim@example.com"});
-    for (k, v) in flavor.unverified().as_object().unwrap() {
-        claims[k] = v.clone();
-    }
+    merge(&mut claims, &flavor.unverified());
     assert_eq!(env.login(&claims).error(), "email_not_verified");
     assert_eq!(env.user_count(), 1);
     assert_eq!(env.link_count(), 0);
@@ -845,9 +845,7 @@ fn bad_id_tokens(flavor: Flavor) {
     let who = json!({"sub": "sub-bad", "email": "bad@example.com"});
     let with = |extra: Value| {
         let mut c = who.clone();
-        for (k, v) in extra.as_object().unwrap() {
-            c[k] = v.clone();
-        }
+        merge(&mut c, &extra);
         c
     };
     refused(&env, &with(json!({"nonce": "other"})), "normal", "pem");
@@ -1136,9 +1134,7 @@ fn pre_hijacking_through(flavor: Flavor, attacker_side: Flavor) {
         return;
     };
     let mut claims = json!({"sub": unique("sub-mallory"), "email": "owner@example.com"});
-    for (k, v) in attacker_side.unverified().as_object().unwrap() {
-        claims[k] = v.clone();
-    }
+    merge(&mut claims, &attacker_side.unverified());
     let attacker = env.login_ok(&claims);
     let uid = user_id(&attacker);
     // And a code of a second login, kept for later.
@@ -1150,9 +1146,7 @@ fn pre_hijacking_through(flavor: Flavor, attacker_side: Flavor) {
 
     env.flavor = flavor;
     let mut claims = json!({"sub": unique("sub-owner"), "email": "owner@example.com"});
-    for (k, v) in flavor.verified().as_object().unwrap() {
-        claims[k] = v.clone();
-    }
+    merge(&mut claims, &flavor.verified());
     let owner = env.login_ok(&claims);
     assert_eq!(user_id(&owner), uid, "the email's owner gets the account");
     let me = env.me(&access(&owner)).json();
@@ -1192,9 +1186,7 @@ fn login_csrf_is_refused(flavor: Flavor) {
         return;
     };
     let mut claims = json!({"sub": unique("sub-csrf"), "email": "mallory@example.com"});
-    for (k, v) in flavor.verified().as_object().unwrap() {
-        claims[k] = v.clone();
-    }
+    merge(&mut claims, &flavor.verified());
     env.next(&claims);
     let start = env.start_raw(env.addr(), None);
     let set_cookie = start
@@ -1400,9 +1392,7 @@ fn unlink(flavor: Flavor) {
     let signed_up = env.signup("both@example.com");
     let uid = user_id(&signed_up);
     let mut claims = json!({"sub": "sub-both", "email": "both@example.com"});
-    for (k, v) in flavor.verified().as_object().unwrap() {
-        claims[k] = v.clone();
-    }
+    merge(&mut claims, &flavor.verified());
     let tokens = env.login_ok(&claims);
     assert_eq!(user_id(&tokens), uid);
     assert!(env.token_record(&uid).is_some());
