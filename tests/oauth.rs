@@ -165,7 +165,7 @@ impl Mock {
     /// Queues what the next ID token issued to `client_id` says.
     fn next(&self, client_id: &str, flavor: Flavor, claims: &Value, mode: &str, hmac: &str) {
         let mut all = self.flavor_claims(flavor);
-        merge(&mut all, &claims);
+        merge(&mut all, claims);
         self.post(
             "/__control/next",
             &json!({"client_id": client_id, "claims": all, "mode": mode, "hmac_key": hmac}),
