@@ -31,6 +31,8 @@
 pub mod auth;
 pub mod billing;
 pub mod crypto;
+#[cfg(any(feature = "oauth", feature = "stripe"))]
+mod http;
 pub mod key;
 #[cfg(feature = "oauth")]
 pub mod oauth;

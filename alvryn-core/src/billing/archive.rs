@@ -152,6 +152,24 @@ pub trait EventArchive: Send + Sync + 'static {
     /// # Errors
     /// [`ArchiveError::Unavailable`].
     async fn archive(&self, event: &RawEvent) -> Result<Archived, ArchiveError>;
+
+    /// The raw body of an archived event (`created` as in [`RawEvent`]),
+    /// from wherever [`archive`](EventArchive::archive) put it; `None`
+    /// when this archive does not hold it.
+    ///
+    /// # Errors
+    /// [`ArchiveError::Unavailable`].
+    async fn retrieve(&self, key: &EventKey) -> Result<Option<Vec<u8>>, ArchiveError>;
+}
+
+/// Names an archived event: its id and its `created` (which dates its S3
+/// key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventKey {
+    /// The event id.
+    pub id: String,
+    /// The event's `created`, Unix seconds.
+    pub created: i64,
 }
 
 /// Raw events in the store.
@@ -170,11 +188,6 @@ impl fmt::Debug for DatabaseArchive {
     }
 }
 
-fn system_now_ms() -> i64 {
-    use crate::auth::Clock as _;
-    crate::auth::SystemClock.now_ms()
-}
-
 impl DatabaseArchive {
     /// Keeps raw bodies in `store` (no bucket configured).
     #[must_use]
@@ -182,8 +195,17 @@ impl DatabaseArchive {
         Self {
             store,
             status: KEPT_IN_DATABASE,
-            now_ms: system_now_ms,
+            now_ms: super::now_ms,
         }
+    }
+
+    /// The raw body kept in the database, if it is there (not only its S3
+    /// key).
+    async fn raw_body(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let record = self.store.record(ARCHIVE_NS, id, (self.now_ms)()).await?;
+        Ok(record
+            .filter(|r| r.status == PENDING_UPLOAD || r.status == KEPT_IN_DATABASE)
+            .map(|r| r.data))
     }
 
     /// Keeps `data` for `event` at `status`; an existing record of the
@@ -231,6 +253,10 @@ impl EventArchive for DatabaseArchive {
             pending_upload: self.status == PENDING_UPLOAD,
         })
     }
+
+    async fn retrieve(&self, key: &EventKey) -> Result<Option<Vec<u8>>, ArchiveError> {
+        Ok(self.raw_body(&key.id).await?)
+    }
 }
 
 /// S3 first; when S3 fails for any reason, the raw body goes to the
@@ -258,7 +284,7 @@ impl FallbackArchive {
             database: DatabaseArchive {
                 store,
                 status: PENDING_UPLOAD,
-                now_ms: system_now_ms,
+                now_ms: super::now_ms,
             },
         }
     }
@@ -288,6 +314,13 @@ impl EventArchive for FallbackArchive {
                     pending_upload: true,
                 })
             }
+        }
+    }
+
+    async fn retrieve(&self, key: &EventKey) -> Result<Option<Vec<u8>>, ArchiveError> {
+        match self.database.raw_body(&key.id).await? {
+            Some(body) => Ok(Some(body)),
+            None => self.primary.retrieve(key).await,
         }
     }
 }
@@ -351,6 +384,36 @@ impl EventArchive for S3Archive {
             })?;
         Ok(Archived::S3 { key })
     }
+
+    async fn retrieve(&self, key: &EventKey) -> Result<Option<Vec<u8>>, ArchiveError> {
+        let object = RawEvent {
+            id: key.id.clone(),
+            created: key.created,
+            body: Vec::new(),
+        }
+        .s3_key(&self.prefix);
+        let unavailable = |e: String| ArchiveError::Unavailable(e.into());
+        let got = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&object)
+            .send()
+            .await
+        {
+            Ok(got) => got,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(unavailable(aws_sdk_s3::error::DisplayErrorContext(e).to_string())),
+        };
+        let body = got
+            .body
+            .collect()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .into_bytes()
+            .to_vec();
+        Ok(Some(body))
+    }
 }
 
 /// An [`EventArchive`] seen as a `tower::Service<RawEvent>`.
@@ -394,7 +457,23 @@ impl<A: EventArchive + ?Sized> tower::Service<RawEvent> for ArchiveService<A> {
     }
 }
 
-/// A `tower::Service<RawEvent>` (an [`ArchiveService`] under layers) used
+impl<A: EventArchive + ?Sized> tower::Service<EventKey> for ArchiveService<A> {
+    type Response = Option<Vec<u8>>;
+    type Error = ArchiveError;
+    type Future = Pin<Box<dyn Future<Output = Result<Option<Vec<u8>>, ArchiveError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ArchiveError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, key: EventKey) -> Self::Future {
+        let archive = Arc::clone(&self.archive);
+        Box::pin(async move { archive.retrieve(&key).await })
+    }
+}
+
+/// A `tower::Service<RawEvent>` and `tower::Service<EventKey>` (an
+/// [`ArchiveService`] under layers) used
 /// where an [`EventArchive`] is expected. A layer's error (a timeout)
 /// becomes [`ArchiveError::Unavailable`]: under a [`FallbackArchive`], an
 /// S3 upload that takes too long falls back to the database.
@@ -419,15 +498,25 @@ impl<S> fmt::Debug for ServiceArchive<S> {
 #[async_trait]
 impl<S> EventArchive for ServiceArchive<S>
 where
-    S: tower::Service<RawEvent, Response = Archived> + Clone + Send + Sync + 'static,
-    S::Error: Into<crate::service::BoxError>,
-    S::Future: Send,
+    S: tower::Service<RawEvent, Response = Archived>
+        + tower::Service<EventKey, Response = Option<Vec<u8>>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    <S as tower::Service<RawEvent>>::Error: Into<crate::service::BoxError>,
+    <S as tower::Service<RawEvent>>::Future: Send,
+    <S as tower::Service<EventKey>>::Error: Into<crate::service::BoxError>,
+    <S as tower::Service<EventKey>>::Future: Send,
 {
     async fn archive(&self, event: &RawEvent) -> Result<Archived, ArchiveError> {
-        use tower::ServiceExt as _;
-        self.service
-            .clone()
-            .oneshot(event.clone())
+        tower::ServiceExt::<RawEvent>::oneshot(self.service.clone(), event.clone())
+            .await
+            .map_err(|e| crate::service::from_layer(e, ArchiveError::Unavailable))
+    }
+
+    async fn retrieve(&self, key: &EventKey) -> Result<Option<Vec<u8>>, ArchiveError> {
+        tower::ServiceExt::<EventKey>::oneshot(self.service.clone(), key.clone())
             .await
             .map_err(|e| crate::service::from_layer(e, ArchiveError::Unavailable))
     }
@@ -457,6 +546,10 @@ mod tests {
         async fn archive(&self, _: &RawEvent) -> Result<Archived, ArchiveError> {
             Err(ArchiveError::Unavailable("connection refused".into()))
         }
+
+        async fn retrieve(&self, _: &EventKey) -> Result<Option<Vec<u8>>, ArchiveError> {
+            Err(ArchiveError::Unavailable("connection refused".into()))
+        }
     }
 
     /// A primary that succeeds without storing anything.
@@ -468,6 +561,10 @@ mod tests {
             Ok(Archived::S3 {
                 key: e.s3_key("p/"),
             })
+        }
+
+        async fn retrieve(&self, _: &EventKey) -> Result<Option<Vec<u8>>, ArchiveError> {
+            Ok(None)
         }
     }
 

@@ -1,22 +1,46 @@
-//! Billing: plans and the Stripe prices that grant them, and Stripe
-//! webhook verification.
-//!
-//! The `Billing` trait and the Stripe client arrive with the billing work;
-//! this module holds the plan vocabulary the rest of the system shares and
-//! the `Stripe-Signature` check ([`webhook`]).
+//! Billing: plans and the Stripe prices that grant them, the payment
+//! provider ([`Billing`], [`StripeClient`]), users' subscriptions
+//! ([`Subscriptions`]), and the webhook pipeline that keeps them in step
+//! with Stripe ([`WebhookPipeline`]): signature verification
+//! ([`webhook`]), a durable archive of every raw event ([`archive`]), and
+//! ordered, exactly-once application ([`pipeline`]).
 
 pub mod archive;
+pub mod client;
+pub mod pipeline;
 pub mod plans;
+pub mod state;
+#[cfg(feature = "stripe")]
+pub mod stripe;
+pub mod subscription;
 pub mod webhook;
 
 #[cfg(feature = "s3")]
 pub use archive::S3Archive;
 pub use archive::{
-    ArchiveError, ArchiveService, Archived, DatabaseArchive, EventArchive, FallbackArchive,
-    RawEvent, ServiceArchive,
+    ArchiveError, ArchiveService, Archived, DatabaseArchive, EventArchive, EventKey,
+    FallbackArchive, RawEvent, ServiceArchive,
+};
+pub use client::{
+    Billing, BillingError, BillingRequest, BillingResponse, BillingService, CheckoutRequest,
+    HostedSession, NewCustomer, PortalRequest, ServiceBilling,
+};
+pub use pipeline::{
+    EventRetry, EventStatus, EventSummary, IngestError, Ingested, Outcome, PipelineStats, Report,
+    ReplaySelection, WebhookPipeline,
 };
 pub use plans::{PlanName, PriceId, PriceMap, PriceMapError};
+pub use state::{ApplyError, ApplyOutcome, CheckoutUrls, PlanView, SessionError, Subscriptions};
+#[cfg(feature = "stripe")]
+pub use stripe::{RetryPolicy, StripeClient, StripeSetupError};
+pub use subscription::Subscription;
 pub use webhook::{
     EventData, EventError, SecretsError, SignatureError, WebhookEvent, WebhookSecrets, parse_event,
     verify,
 };
+
+/// Now, Unix milliseconds, from the system clock.
+pub(crate) fn now_ms() -> i64 {
+    use crate::auth::Clock as _;
+    crate::auth::SystemClock.now_ms()
+}

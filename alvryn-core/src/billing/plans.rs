@@ -127,16 +127,23 @@ pub enum PriceMapError {
     Empty,
 }
 
-/// Which plan each Stripe price grants.
+/// Which plan each Stripe price grants; several prices may grant one plan
+/// (monthly and yearly, say), and the first listed for a plan is the one
+/// Checkout sells.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(transparent)]
-pub struct PriceMap(BTreeMap<PriceId, PlanName>);
+pub struct PriceMap {
+    by_price: BTreeMap<PriceId, PlanName>,
+    #[serde(skip)]
+    checkout: BTreeMap<PlanName, PriceId>,
+}
 
 impl PriceMap {
     fn from_pairs<'a>(
         pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Self, PriceMapError> {
         let mut map = BTreeMap::new();
+        let mut checkout = BTreeMap::new();
         for (i, (price, plan)) in pairs.into_iter().enumerate() {
             let index = i + 1;
             let wrap = |e: PriceMapError| PriceMapError::Entry {
@@ -145,6 +152,9 @@ impl PriceMap {
             };
             let price = PriceId::new(price.trim()).map_err(wrap)?;
             let plan = PlanName::new(plan.trim()).map_err(wrap)?;
+            checkout
+                .entry(plan.clone())
+                .or_insert_with(|| price.clone());
             if map.insert(price, plan).is_some() {
                 return Err(PriceMapError::Duplicate(index));
             }
@@ -152,7 +162,10 @@ impl PriceMap {
         if map.is_empty() {
             return Err(PriceMapError::Empty);
         }
-        Ok(Self(map))
+        Ok(Self {
+            by_price: map,
+            checkout,
+        })
     }
 
     /// Parses `price_a:pro,price_b:team` (whitespace around items ignored).
@@ -212,24 +225,30 @@ impl PriceMap {
     /// The plan `price` grants, if it is mapped.
     #[must_use]
     pub fn plan_for(&self, price: &PriceId) -> Option<&PlanName> {
-        self.0.get(price)
+        self.by_price.get(price)
+    }
+
+    /// The price Checkout sells for `plan`: the first listed for it.
+    #[must_use]
+    pub fn price_for(&self, plan: &PlanName) -> Option<&PriceId> {
+        self.checkout.get(plan)
     }
 
     /// Every (price, plan) pair.
     pub fn iter(&self) -> impl Iterator<Item = (&PriceId, &PlanName)> {
-        self.0.iter()
+        self.by_price.iter()
     }
 
     /// Number of prices mapped.
     #[must_use]
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.by_price.len()
     }
 
     /// Whether no price is mapped.
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.by_price.is_empty()
     }
 }
 
@@ -251,6 +270,15 @@ mod tests {
                 .map(PlanName::as_str),
             Some("pro")
         );
+    }
+
+    #[test]
+    fn checkout_sells_the_first_price_listed_for_a_plan() {
+        let m = PriceMap::parse_pairs("price_yearly:pro,price_monthly:pro,price_t:team").unwrap();
+        let pro = PlanName::new("pro").unwrap();
+        assert_eq!(m.price_for(&pro).map(PriceId::as_str), Some("price_yearly"));
+        assert_eq!(m.price_for(&PlanName::new("gold").unwrap()), None);
+        assert_eq!(m.len(), 3);
     }
 
     #[test]

@@ -75,23 +75,7 @@ pub const TENANT_PLACEHOLDER: &str = "{tenantid}";
 /// [`OidcError::Unavailable`] when the TLS configuration cannot be built
 /// (it can only fail if aws-lc-rs offers no safe protocol version).
 pub fn try_http_client() -> Result<reqwest::Client, OidcError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| OidcError::Unavailable(format!("TLS configuration: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .user_agent(concat!("alvryn/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| OidcError::Unavailable(format!("HTTP client: {e}")))
+    crate::http::client(Duration::from_secs(10)).map_err(OidcError::Unavailable)
 }
 
 /// [`try_http_client`], for callers that cannot handle its (practically
