@@ -45,6 +45,49 @@ pub enum Command {
     /// Data migrations (dry run unless --run).
     #[command(subcommand)]
     Migrate(MigrateCommand),
+    /// Stripe webhook events: list them, replay them from the archive.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+/// `alvryn events ...`
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Print recorded events as JSON, oldest first.
+    List {
+        /// Only events at this status: received, failed, dead,
+        /// quarantined, ignored, applied.
+        #[arg(long, value_parser = crate::events::parse_status)]
+        status: Option<alvryn_core::billing::EventStatus>,
+        /// At most this many (0: all).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Folder for the embedded store and development secrets.
+        #[arg(long, env = "ALVRYN_DATA_DIR", default_value = "./alvryn-data")]
+        data_dir: PathBuf,
+    },
+    /// Re-apply archived events (from S3 or the database), idempotently;
+    /// a dry run unless --run.
+    Replay {
+        /// These events (repeatable).
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        /// Events received at or after this time (RFC 3339 or Unix seconds).
+        #[arg(long, value_parser = crate::events::parse_time)]
+        since: Option<i64>,
+        /// Events received before this time.
+        #[arg(long, value_parser = crate::events::parse_time)]
+        until: Option<i64>,
+        /// Only events at this status (with a time range).
+        #[arg(long, value_parser = crate::events::parse_status)]
+        status: Option<alvryn_core::billing::EventStatus>,
+        /// Apply (without it, only list what would be replayed).
+        #[arg(long)]
+        run: bool,
+        /// Folder for the embedded store and development secrets.
+        #[arg(long, env = "ALVRYN_DATA_DIR", default_value = "./alvryn-data")]
+        data_dir: PathBuf,
+    },
 }
 
 /// `alvryn migrate ...`
@@ -175,6 +218,49 @@ pub async fn run(cli: Cli) -> ExitCode {
             };
             crate::migrate::run(config, migration, options).await
         }
+        Command::Events(command) => events(command).await,
+    }
+}
+
+async fn events(command: EventsCommand) -> ExitCode {
+    let data_dir = match &command {
+        EventsCommand::List { data_dir, .. } | EventsCommand::Replay { data_dir, .. } => {
+            data_dir.clone()
+        }
+    };
+    let config = match load_config(&Overrides {
+        bind: None,
+        data_dir: Some(data_dir),
+    }) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match command {
+        EventsCommand::List { status, limit, .. } => {
+            crate::events::list(config, status, limit).await
+        }
+        EventsCommand::Replay {
+            ids,
+            since,
+            until,
+            status,
+            run,
+            ..
+        } => {
+            if ids.is_empty() && since.is_none() && until.is_none() && status.is_none() {
+                eprintln!(
+                    "alvryn: name the events to replay: --id ID (repeatable), or --since/--until/--status"
+                );
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let selection = alvryn_core::billing::ReplaySelection {
+                ids,
+                since_ms: since,
+                until_ms: until,
+                status,
+            };
+            crate::events::replay(config, selection, run).await
+        }
     }
 }
 
@@ -225,7 +311,17 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    match crate::serve_on(listener, state, crate::shutdown_signal()).await {
+    // Webhook events that failed to apply are tried again in the
+    // background (one process at a time, under a store lease).
+    let retry = state
+        .billing
+        .clone()
+        .map(|p| crate::billing::spawn_retry_loop(p, std::time::Duration::from_secs(15)));
+    let served = crate::serve_on(listener, state, crate::shutdown_signal()).await;
+    if let Some(r) = retry {
+        r.abort();
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("alvryn: {e}");

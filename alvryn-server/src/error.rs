@@ -87,3 +87,15 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+impl From<alvryn_core::store::StoreError> for ApiError {
+    /// The store failed: logged with its cause, answered 503 without it.
+    fn from(e: alvryn_core::store::StoreError) -> Self {
+        tracing::error!(error = %e, "store failure");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the service is temporarily unavailable",
+        )
+    }
+}

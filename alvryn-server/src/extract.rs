@@ -121,3 +121,56 @@ fn too_large() -> ApiError {
         format!("the body must be at most {MAX_BODY_BYTES} bytes"),
     )
 }
+
+/// A raw body of at most `MAX` bytes, byte for byte (a webhook's
+/// signature covers the exact bytes). A declared or actual length over
+/// `MAX` answers 413 before more is read; a body that stalls, 408.
+pub struct RawBody<const MAX: usize>(pub axum::body::Bytes);
+
+impl<S: Send + Sync, const MAX: usize> FromRequest<S> for RawBody<MAX> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body must be at most {MAX} bytes"),
+            )
+        };
+        let declared = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX as u64) {
+            return Err(too_large());
+        }
+        match axum::body::to_bytes(req.into_body(), MAX).await {
+            Ok(b) => Ok(Self(b)),
+            Err(e) => {
+                let over =
+                    std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                        e.source()
+                    })
+                    .any(|e| e.is::<http_body_util::LengthLimitError>());
+                Err(if over {
+                    too_large()
+                } else if caused_by_timeout(&e) {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body_timeout",
+                        "the request body did not arrive in time",
+                    )
+                } else {
+                    tracing::debug!(error = %e, "request body unreadable");
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "the request body could not be read",
+                    )
+                })
+            }
+        }
+    }
+}

@@ -7,10 +7,12 @@
 //! [`cli`].
 #![warn(missing_docs)]
 
+pub mod billing;
 pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod keys;
 pub mod migrate;
@@ -21,6 +23,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use alvryn_core::auth::{Auth, HashParams, PasswordHasher};
+use alvryn_core::billing::{Billing, EventArchive, WebhookPipeline};
 use alvryn_core::crypto::FieldCipher;
 use alvryn_core::oauth::OAuthLogin;
 use alvryn_core::store::mongo::MongoStore;
@@ -56,6 +59,8 @@ pub struct AppState {
     pub auth: Auth,
     /// Sign-in with Google and Microsoft, provider links and tokens.
     pub oauth: OAuthLogin,
+    /// Stripe billing and its webhook pipeline, when configured.
+    pub billing: Option<Arc<WebhookPipeline>>,
 }
 
 /// Why the server could not start.
@@ -90,6 +95,9 @@ pub enum StartupError {
     /// The password hasher could not be set up.
     #[error("the password hasher could not be set up")]
     Passwords,
+    /// The Stripe client could not be set up.
+    #[error("Stripe: {0}")]
+    Stripe(#[source] alvryn_core::billing::StripeSetupError),
     /// A token secret is neither configured nor generated (a bug: the
     /// configuration check should have caught it).
     #[error("{0} is not set")]
@@ -216,13 +224,13 @@ impl AppState {
             .await
             .map_err(|_| StartupError::Passwords)?
             .map_err(|_| StartupError::Passwords)?;
-        Ok(Self::from_parts(Parts {
-            config,
-            store,
-            cipher,
-            jwt,
-            hasher,
-        }))
+        let mut parts = Parts::new(config, store, cipher, jwt, hasher);
+        if let Some(stripe) = &parts.config.stripe {
+            let client = billing::stripe_client(stripe).map_err(StartupError::Stripe)?;
+            let archive = billing::archive(&parts.config, stripe, &parts.store).await;
+            parts = parts.with_billing(client, archive);
+        }
+        Ok(Self::from_parts(parts))
     }
 
     /// Composes the state from parts built elsewhere: an embedding
@@ -237,7 +245,17 @@ impl AppState {
             cipher,
             jwt,
             hasher,
+            billing,
         } = parts;
+        let billing = match (&config.stripe, billing) {
+            (Some(stripe), Some((client, archive))) => Some(Arc::new(billing::pipeline(
+                stripe,
+                Arc::clone(&store),
+                client,
+                archive,
+            ))),
+            _ => None,
+        };
         let auth = Auth::new(Arc::clone(&store) as _, Arc::new(jwt), hasher)
             .with_grace(config.refresh_grace)
             .with_session_max_age(config.session_max_age);
@@ -256,6 +274,7 @@ impl AppState {
             cipher,
             auth,
             oauth: oauth.build(),
+            billing,
         }
     }
 }
@@ -274,6 +293,9 @@ pub struct Parts {
     pub jwt: JwtKeys,
     /// Password hashing.
     pub hasher: PasswordHasher,
+    /// The payment provider and the event archive; used when the
+    /// configuration has Stripe settings.
+    pub billing: Option<(Arc<dyn Billing>, Arc<dyn EventArchive>)>,
 }
 
 impl std::fmt::Debug for Parts {
@@ -301,7 +323,20 @@ impl Parts {
             cipher,
             jwt,
             hasher,
+            billing: None,
         }
+    }
+
+    /// Adds the payment provider and the event archive (billing runs
+    /// only when the configuration has Stripe settings too).
+    #[must_use]
+    pub fn with_billing(
+        mut self,
+        billing: Arc<dyn Billing>,
+        archive: Arc<dyn EventArchive>,
+    ) -> Self {
+        self.billing = Some((billing, archive));
+        self
     }
 }
 

@@ -403,7 +403,11 @@ impl EventArchive for S3Archive {
         {
             Ok(got) => got,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(unavailable(aws_sdk_s3::error::DisplayErrorContext(e).to_string())),
+            Err(e) => {
+                return Err(unavailable(
+                    aws_sdk_s3::error::DisplayErrorContext(e).to_string(),
+                ));
+            }
         };
         let body = got
             .body

@@ -253,14 +253,12 @@ where
 {
     async fn call(&self, request: BillingRequest) -> Result<BillingResponse, BillingError> {
         use tower::ServiceExt as _;
-        self.service
-            .clone()
-            .oneshot(request)
-            .await
-            .map_err(|e| match e.into().downcast::<BillingError>() {
+        self.service.clone().oneshot(request).await.map_err(|e| {
+            match e.into().downcast::<BillingError>() {
                 Ok(e) => *e,
                 Err(other) => BillingError::Unavailable(other.to_string()),
-            })
+            }
+        })
     }
 }
 

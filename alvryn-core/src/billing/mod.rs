@@ -26,8 +26,8 @@ pub use client::{
     HostedSession, NewCustomer, PortalRequest, ServiceBilling,
 };
 pub use pipeline::{
-    EventRetry, EventStatus, EventSummary, IngestError, Ingested, Outcome, PipelineStats, Report,
-    ReplaySelection, WebhookPipeline,
+    EventRetry, EventStatus, EventSummary, IngestError, Ingested, Outcome, PipelineStats,
+    ReplaySelection, Report, WebhookPipeline,
 };
 pub use plans::{PlanName, PriceId, PriceMap, PriceMapError};
 pub use state::{ApplyError, ApplyOutcome, CheckoutUrls, PlanView, SessionError, Subscriptions};

@@ -380,6 +380,12 @@ impl WebhookPipeline {
         &self.stats
     }
 
+    /// The store it records events in.
+    #[must_use]
+    pub fn store(&self) -> &Arc<dyn StoreBackend> {
+        &self.store
+    }
+
     /// The subscriptions it applies to.
     #[must_use]
     pub fn subscriptions(&self) -> &Subscriptions {
@@ -416,8 +422,7 @@ impl WebhookPipeline {
             .map_err(unavailable)?;
         let outcome = if self.record_received(&event, now_ms).await? {
             self.stats.received.fetch_add(1, Ordering::Relaxed);
-            self.apply_recorded(&event, 0, now_ms)
-                .await
+            self.apply_recorded(&event, 0, now_ms).await
         } else {
             Outcome::Duplicate
         };
@@ -817,12 +822,22 @@ mod tests {
     fn statuses_are_ordered_and_named() {
         assert_eq!(EventStatus::of(RECEIVED), EventStatus::Received);
         assert_eq!(EventStatus::of(FAILED_BASE + 1), EventStatus::Failed);
-        assert_eq!(EventStatus::of(FAILED_BASE + MAX_ATTEMPTS), EventStatus::Failed);
+        assert_eq!(
+            EventStatus::of(FAILED_BASE + MAX_ATTEMPTS),
+            EventStatus::Failed
+        );
         assert_eq!(EventStatus::of(DEAD), EventStatus::Dead);
         assert_eq!(EventStatus::of(QUARANTINED), EventStatus::Quarantined);
         assert_eq!(EventStatus::of(IGNORED), EventStatus::Ignored);
         assert_eq!(EventStatus::of(APPLIED), EventStatus::Applied);
-        for s in ["received", "failed", "dead", "quarantined", "ignored", "applied"] {
+        for s in [
+            "received",
+            "failed",
+            "dead",
+            "quarantined",
+            "ignored",
+            "applied",
+        ] {
             assert_eq!(EventStatus::parse(s).map(EventStatus::as_str), Some(s));
         }
         assert_eq!(EventStatus::parse("done"), None);

@@ -27,12 +27,12 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::client::{Billing, BillingError, CheckoutRequest, HostedSession, NewCustomer, PortalRequest};
+use super::client::{
+    Billing, BillingError, CheckoutRequest, HostedSession, NewCustomer, PortalRequest,
+};
 use super::subscription::Subscription;
 use super::{PlanName, PriceId, PriceMap, now_ms};
-use crate::store::{
-    AuditEvent, CasOutcome, Record, StoreBackend, StoreError, User, Versioned,
-};
+use crate::store::{AuditEvent, CasOutcome, Record, StoreBackend, StoreError, User, Versioned};
 
 /// Record namespace: user id → Stripe customer id.
 pub const CUSTOMER_NS: &str = "billing_customer";
@@ -388,7 +388,11 @@ impl Subscriptions {
     ///
     /// # Errors
     /// [`SessionError::NoCustomer`], and Stripe's or the store's failures.
-    pub async fn portal(&self, user: &User, return_url: &str) -> Result<HostedSession, SessionError> {
+    pub async fn portal(
+        &self,
+        user: &User,
+        return_url: &str,
+    ) -> Result<HostedSession, SessionError> {
         let customer = self
             .customer_of(&user.id)
             .await?

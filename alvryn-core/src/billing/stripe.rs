@@ -125,6 +125,18 @@ fn secure_enough(url: &Url) -> bool {
     }
 }
 
+/// Checks an API base as [`StripeClient::new`] does.
+///
+/// # Errors
+/// [`StripeSetupError::InsecureBase`].
+pub fn check_api_base(api_base: &str) -> Result<Url, StripeSetupError> {
+    let base = Url::parse(api_base).map_err(|_| StripeSetupError::InsecureBase)?;
+    if !secure_enough(&base) || base.cannot_be_a_base() {
+        return Err(StripeSetupError::InsecureBase);
+    }
+    Ok(base)
+}
+
 impl StripeClient {
     /// A client for `api_base` (normally [`DEFAULT_API_BASE`]) with the
     /// secret key `key`, 30 s per attempt, the default [`RetryPolicy`].
@@ -132,10 +144,7 @@ impl StripeClient {
     /// # Errors
     /// [`StripeSetupError`].
     pub fn new(key: &SecretString, api_base: &str) -> Result<Self, StripeSetupError> {
-        let base = Url::parse(api_base).map_err(|_| StripeSetupError::InsecureBase)?;
-        if !secure_enough(&base) || base.cannot_be_a_base() {
-            return Err(StripeSetupError::InsecureBase);
-        }
+        let base = check_api_base(api_base)?;
         let mut auth = HeaderValue::try_from(format!("Bearer {}", key.expose()))
             .map_err(|_| StripeSetupError::BadKey)?;
         auth.set_sensitive(true);
@@ -179,7 +188,10 @@ impl StripeClient {
         self.send(|| {
             self.http
                 .post(url.clone())
-                .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/x-www-form-urlencoded",
+                )
                 .header("Idempotency-Key", idem.clone())
                 .body(body.clone())
         })
@@ -466,7 +478,12 @@ mod tests {
         assert!(StripeClient::new(&key, "https://api.stripe.com").is_ok());
         assert!(StripeClient::new(&key, "http://127.0.0.1:12111").is_ok());
         assert!(StripeClient::new(&key, "http://localhost:1").is_ok());
-        for bad in ["http://stripe.example.com", "ftp://x", "not a url", "http://10.0.0.1"] {
+        for bad in [
+            "http://stripe.example.com",
+            "ftp://x",
+            "not a url",
+            "http://10.0.0.1",
+        ] {
             assert!(
                 matches!(
                     StripeClient::new(&key, bad),

@@ -103,15 +103,15 @@ impl Subscription {
                     .map(str::to_owned)
             })
             .collect();
-        let current_period_end = v
-            .get("current_period_end")
-            .and_then(Value::as_i64)
-            .or_else(|| {
-                items
-                    .iter()
-                    .filter_map(|i| i.get("current_period_end").and_then(Value::as_i64))
-                    .max()
-            });
+        let current_period_end =
+            v.get("current_period_end")
+                .and_then(Value::as_i64)
+                .or_else(|| {
+                    items
+                        .iter()
+                        .filter_map(|i| i.get("current_period_end").and_then(Value::as_i64))
+                        .max()
+                });
         Ok(Self {
             id: id.to_owned(),
             customer: customer.to_owned(),

@@ -16,6 +16,9 @@
 //! | `STRIPE_SECRET_KEY`, `STRIPE_WEBHOOK_SECRET` | Stripe API key (`sk_`/`rk_`) and webhook signing secret (`whsec_`) |
 //! | `STRIPE_PRICE_MAP` / `STRIPE_PRICE_MAP_JSON` | which plan each price grants: `price_a:pro,price_b:team` or JSON |
 //! | `STRIPE_EVENT_S3_BUCKET` | S3 bucket for the raw webhook archive |
+//! | `STRIPE_EVENT_S3_PREFIX` | folder of the archive inside the bucket, default `stripe/events/` |
+//! | `STRIPE_API_BASE` | Stripe's API, default `https://api.stripe.com` (`http` only to a loopback address) |
+//! | `STRIPE_WEBHOOK_TOLERANCE_SECONDS` | how old a webhook signature may be, 1-3600, default 300 |
 //! | `GOOGLE_CLIENT_ID/SECRET`, `MICROSOFT_CLIENT_ID/SECRET` | OAuth clients; each pair all or nothing |
 //! | `MICROSOFT_TENANT` | `common` (default), `organizations`, `consumers`, a tenant id or domain |
 //! | `GOOGLE_DISCOVERY_URL` + `GOOGLE_ISSUER`, `MICROSOFT_DISCOVERY_URL` + `MICROSOFT_ISSUER` | another OpenID provider (sovereign cloud, tests); the Microsoft issuer may contain `{tenantid}` |
@@ -30,7 +33,7 @@ use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use alvryn_core::billing::PriceMap;
+use alvryn_core::billing::{PriceMap, WebhookSecrets};
 use alvryn_core::key::kms::WrappedKey;
 use alvryn_core::key::parse_key;
 use alvryn_core::oauth::oidc::IssuerRule;
@@ -108,10 +111,16 @@ pub enum FieldKeys {
 pub struct StripeConfig {
     /// API key.
     pub secret_key: SecretString,
-    /// Webhook signing secret.
-    pub webhook_secret: SecretString,
+    /// Webhook signing secrets (comma-separated: several while rolling).
+    pub webhook_secrets: WebhookSecrets,
     /// Which plan each price grants.
     pub price_map: PriceMap,
+    /// Stripe's API (`STRIPE_API_BASE`).
+    pub api_base: String,
+    /// How old a webhook signature may be (`STRIPE_WEBHOOK_TOLERANCE_SECONDS`).
+    pub webhook_tolerance: std::time::Duration,
+    /// The archive's folder in the bucket (`STRIPE_EVENT_S3_PREFIX`).
+    pub event_prefix: String,
 }
 
 /// Connection and request limits of the HTTP server (each an
@@ -499,7 +508,45 @@ impl Reader<'_> {
 
     fn stripe(&mut self) -> Option<StripeConfig> {
         let key = self.prefixed_secret("STRIPE_SECRET_KEY", &["sk_", "rk_"]);
-        let whsec = self.prefixed_secret("STRIPE_WEBHOOK_SECRET", &["whsec_"]);
+        let whsec = self.text("STRIPE_WEBHOOK_SECRET").and_then(|list| {
+            WebhookSecrets::parse(&list)
+                .map_err(|e| self.problem("STRIPE_WEBHOOK_SECRET", e.to_string()))
+                .ok()
+        });
+        let api_base = self.text("STRIPE_API_BASE");
+        let api_base = api_base.map_or_else(
+            || alvryn_core::billing::stripe::DEFAULT_API_BASE.to_owned(),
+            |b| b.trim().trim_end_matches('/').to_owned(),
+        );
+        if let Err(e) = alvryn_core::billing::stripe::check_api_base(&api_base) {
+            self.problem("STRIPE_API_BASE", e.to_string());
+        }
+        let webhook_tolerance = match self.text("STRIPE_WEBHOOK_TOLERANCE_SECONDS") {
+            None => alvryn_core::billing::webhook::DEFAULT_TOLERANCE,
+            Some(t) => match t.trim().parse::<u64>() {
+                Ok(n) if (1..=3600).contains(&n) => std::time::Duration::from_secs(n),
+                _ => {
+                    self.problem(
+                        "STRIPE_WEBHOOK_TOLERANCE_SECONDS",
+                        "must be a whole number of seconds from 1 to 3600",
+                    );
+                    alvryn_core::billing::webhook::DEFAULT_TOLERANCE
+                }
+            },
+        };
+        let event_prefix = self
+            .text("STRIPE_EVENT_S3_PREFIX")
+            .map_or_else(|| "stripe/events/".to_owned(), |p| p.trim().to_owned());
+        if event_prefix.len() > 512
+            || event_prefix.starts_with('/')
+            || event_prefix.contains("..")
+            || !event_prefix.is_empty() && !event_prefix.ends_with('/')
+        {
+            self.problem(
+                "STRIPE_EVENT_S3_PREFIX",
+                "must be a relative folder ending in / (or empty), without ..",
+            );
+        }
         let pairs = self.text("STRIPE_PRICE_MAP");
         let json = self.text("STRIPE_PRICE_MAP_JSON");
         let any_set = key.is_some() || whsec.is_some() || pairs.is_some() || json.is_some();
@@ -544,8 +591,11 @@ impl Reader<'_> {
         }
         Some(StripeConfig {
             secret_key: key?,
-            webhook_secret: whsec?,
+            webhook_secrets: whsec?,
             price_map: price_map?,
+            api_base,
+            webhook_tolerance,
+            event_prefix,
         })
     }
 
@@ -843,8 +893,9 @@ impl Config {
                 );
                 m.insert(
                     "STRIPE_WEBHOOK_SECRET",
-                    format!("set ({} bytes, redacted)", s.webhook_secret.len()),
+                    format!("set ({} secrets, redacted)", s.webhook_secrets.len()),
                 );
+                m.insert("STRIPE_API_BASE", s.api_base.clone());
                 let map: Vec<String> = s
                     .price_map
                     .iter()

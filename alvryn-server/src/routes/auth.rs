@@ -71,14 +71,7 @@ impl From<AuthError> for ApiError {
                 "too many requests at once; try again shortly",
             )
             .retry_after(1),
-            AuthError::Store(e) => {
-                tracing::error!(error = %e, "store failure");
-                ApiError::new(
-                    S::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the service is temporarily unavailable",
-                )
-            }
+            AuthError::Store(e) => e.into(),
             other => ApiError::internal(&other),
         }
     }
@@ -203,10 +196,15 @@ async fn me(State(s): State<AppState>, Bearer(p): Bearer) -> Result<Response, Ap
             linked_at: rfc3339(l.linked_at_ms),
         })
         .collect();
+    // The plan billing set, when billing runs; else the account's own.
+    let plan = match super::billing::plan_view(&s, &p.user.id).await? {
+        Some(view) => view.plan,
+        None => p.user.plan,
+    };
     Ok(no_store(Json(Me {
         id: p.user.id,
         email: p.user.email,
-        plan: p.user.plan,
+        plan,
         has_password: p.user.password_hash.is_some(),
         providers,
     })))

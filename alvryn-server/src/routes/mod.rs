@@ -1,6 +1,7 @@
 //! HTTP routes, one resource per module.
 
 pub mod auth;
+pub mod billing;
 pub mod oauth;
 pub mod ops;
 
@@ -20,6 +21,7 @@ pub fn router() -> Router<AppState> {
         .merge(ops::router())
         .merge(auth::router())
         .merge(oauth::router())
+        .merge(billing::router())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -1,0 +1,144 @@
+//! Composition of billing: the Stripe client, the event archive (S3 with
+//! the database as fallback, or the database alone) and the webhook
+//! pipeline, from the configuration.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use alvryn_core::billing::{
+    ArchiveService, Billing, DatabaseArchive, EventArchive, FallbackArchive, S3Archive,
+    ServiceArchive, StripeClient, StripeSetupError, Subscriptions, WebhookPipeline,
+};
+use alvryn_core::store::StoreBackend;
+
+use crate::config::{Config, StripeConfig};
+
+/// How long an S3 upload may take before the event falls back to the
+/// database (the delivery is waiting on it).
+pub const S3_UPLOAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An S3 client from the standard credential chain and region settings
+/// (`AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` override the endpoint,
+/// and then path-style addressing is used, as S3-compatible stores
+/// need), with bounded attempts.
+pub async fn s3_client() -> aws_sdk_s3::Client {
+    let timeouts = aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .operation_attempt_timeout(Duration::from_secs(4))
+        .operation_timeout(Duration::from_secs(10))
+        .build();
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
+        .load()
+        .await;
+    let custom_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    let conf = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(custom_endpoint)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// The archive the configuration names: with `STRIPE_EVENT_S3_BUCKET`,
+/// S3 (each upload bounded by [`S3_UPLOAD_TIMEOUT`]) falling back to the
+/// database; without, the database.
+pub async fn archive(
+    config: &Config,
+    stripe: &StripeConfig,
+    store: &Arc<dyn StoreBackend>,
+) -> Arc<dyn EventArchive> {
+    match &config.stripe_event_bucket {
+        None => Arc::new(DatabaseArchive::new(Arc::clone(store))),
+        Some(bucket) => {
+            let s3 = S3Archive::new(s3_client().await, bucket, &stripe.event_prefix);
+            let bounded = tower::ServiceBuilder::new()
+                .timeout(S3_UPLOAD_TIMEOUT)
+                .service(ArchiveService::new(Arc::new(s3)));
+            Arc::new(FallbackArchive::new(
+                Arc::new(ServiceArchive::new(bounded)),
+                Arc::clone(store),
+            ))
+        }
+    }
+}
+
+/// The Stripe client of the configuration.
+///
+/// # Errors
+/// [`StripeSetupError`] (the configuration check refuses the same
+/// values first).
+pub fn stripe_client(stripe: &StripeConfig) -> Result<Arc<dyn Billing>, StripeSetupError> {
+    Ok(Arc::new(StripeClient::new(
+        &stripe.secret_key,
+        &stripe.api_base,
+    )?))
+}
+
+/// The webhook pipeline over the given parts.
+pub fn pipeline(
+    stripe: &StripeConfig,
+    store: Arc<dyn StoreBackend>,
+    billing: Arc<dyn Billing>,
+    archive: Arc<dyn EventArchive>,
+) -> WebhookPipeline {
+    let subscriptions = Subscriptions::new(Arc::clone(&store), billing, stripe.price_map.clone());
+    WebhookPipeline::new(
+        stripe.webhook_secrets.clone(),
+        archive,
+        store,
+        subscriptions,
+    )
+    .with_tolerance(stripe.webhook_tolerance)
+}
+
+/// The store lease under which one process at a time retries events.
+pub const RETRY_LEASE: &str = "stripe_event_retry";
+
+/// Retries webhook events that are due ([`WebhookPipeline::retry_due`])
+/// every `every`, under the [`RETRY_LEASE`] lease so that one process
+/// among many does it at a time, until the returned handle is aborted.
+pub fn spawn_retry_loop(
+    pipeline: Arc<WebhookPipeline>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    use alvryn_core::auth::{Clock as _, SystemClock};
+    use alvryn_core::store::NewLease;
+
+    let holder = format!("serve-{}-{:08x}", std::process::id(), rand::random::<u32>());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = SystemClock.now_ms();
+            let ttl = i64::try_from(every.as_millis().saturating_mul(4)).unwrap_or(i64::MAX);
+            let store = pipeline.store();
+            let lease = match store
+                .acquire(&NewLease {
+                    name: RETRY_LEASE.to_owned(),
+                    holder: holder.clone(),
+                    ttl_ms: ttl,
+                    now_ms: now,
+                })
+                .await
+            {
+                Ok(Some(lease)) => lease,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not take the event-retry lease");
+                    continue;
+                }
+            };
+            match pipeline.retry_due(now, 200).await {
+                Ok(report) if report.seen > 0 => {
+                    tracing::info!(?report, "retried webhook events");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not list the events to retry"),
+            }
+            let _ = store.release(&lease).await;
+        }
+    })
+}
