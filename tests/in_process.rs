@@ -5,6 +5,9 @@
 //! or hang on demand, and send request bodies that fail mid-stream.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../alvryn-core/tests/stripe_support/mod.rs"]
+mod stripe_support;
+
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::future::Future;
@@ -15,6 +18,7 @@ use std::task::{Context, Poll};
 
 use alvryn::core::SecretBytes;
 use alvryn::core::auth::{HashParams, PasswordHasher};
+use alvryn::core::billing::DatabaseArchive;
 use alvryn::core::crypto::{FieldCipher, KeyMaterial, KeySet};
 use alvryn::core::store::{MemoryStore, ServiceStore, StoreBackend, StoreService};
 use alvryn::core::token::{HmacSecrets, JwtKeys, JwtSettings};
@@ -92,11 +96,18 @@ struct Harness {
 impl Harness {
     /// A state over a memory store, with 1 s request and body timeouts.
     fn new() -> Harness {
-        let vars: HashMap<&str, &str> = [
+        Self::with_vars(&[])
+    }
+
+    /// As [`Harness::new`], with more configuration; Stripe settings
+    /// add billing, with the event archive in the (faulty) store.
+    fn with_vars(extra: &[(&'static str, &'static str)]) -> Harness {
+        let mut vars: HashMap<&str, &str> = [
             ("ALVRYN_REQUEST_TIMEOUT_SECONDS", "1"),
             ("ALVRYN_BODY_TIMEOUT_SECONDS", "1"),
         ]
         .into();
+        vars.extend(extra.iter().copied());
         let config = Config::from_lookup(
             &|name| vars.get(name).map(OsString::from),
             &Overrides::default(),
@@ -127,8 +138,13 @@ impl Harness {
             parallelism: 1,
         })
         .unwrap();
+        let mut parts = Parts::new(config, Arc::clone(&store), cipher, jwt, hasher);
+        if let Some(stripe) = &parts.config.stripe {
+            let client = alvryn::server::billing::stripe_client(stripe).unwrap();
+            parts = parts.with_billing(client, Arc::new(DatabaseArchive::new(store)));
+        }
         Harness {
-            state: AppState::from_parts(Parts::new(config, store, cipher, jwt, hasher)),
+            state: AppState::from_parts(parts),
             mode,
         }
     }
@@ -314,4 +330,48 @@ async fn a_body_that_stops_arriving_is_408_body_timeout() {
     let (status, body, text) = h.send(req).await;
     assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{text}");
     assert_eq!(code(&body), "body_timeout", "{text}");
+}
+
+#[tokio::test]
+async fn a_webhook_that_cannot_be_made_durable_is_503_and_succeeds_when_redelivered() {
+    const WHSEC: &str = "whsec_inProcessOutage0123456789";
+    let Some(script) = stripe_support::signer() else {
+        return;
+    };
+    let h = Harness::with_vars(&[
+        ("STRIPE_SECRET_KEY", "sk_test_inProcess"),
+        ("STRIPE_WEBHOOK_SECRET", WHSEC),
+        ("STRIPE_PRICE_MAP", "price_inProcess:pro"),
+        // Nothing listens there: this event never needs Stripe.
+        ("STRIPE_API_BASE", "http://127.0.0.1:9"),
+    ]);
+    let mut event = stripe_support::resource("event");
+    event["id"] = json!("evt_inProcessOutage1");
+    event["type"] = json!("customer.created");
+    let body = event.to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let signature = stripe_support::sign_one(&script, &body, WHSEC, i64::try_from(now).unwrap());
+    let delivery = || {
+        Request::post("/webhooks/stripe")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("stripe-signature", &signature)
+            .body(Body::from(body.clone()))
+            .unwrap()
+    };
+    h.set(Mode::Fail);
+    let (status, answer, text) = h.send(delivery()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert_eq!(code(&answer), "unavailable", "{text}");
+    assert!(
+        !text.contains("hunter2") && !text.contains("connection refused"),
+        "{text}"
+    );
+    // Stripe delivers again once the database is back: durable, applied.
+    h.set(Mode::Serve);
+    let (status, answer, text) = h.send(delivery()).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert_eq!(answer["outcome"], "ignored", "{text}");
 }

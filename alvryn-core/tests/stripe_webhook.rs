@@ -9,121 +9,22 @@
 //! anything but `0`, when they fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod stripe_support;
+
+use std::time::Duration;
 
 use alvryn_core::billing::webhook::{
     DEFAULT_TOLERANCE, EventError, MAX_HEADER_BYTES, MAX_WEBHOOK_BYTES, SignatureError,
     WebhookSecrets, parse_event, verify,
 };
 use serde_json::{Value, json};
-
-const SECRET: &str = "whsec_alvrynTestCurrentSecret0123456789";
-const OTHER_SECRET: &str = "whsec_alvrynTestOtherSecret9876543210";
-const THIRD_SECRET: &str = "whsec_alvrynTestUnrelatedSecret5555";
-
-/// The signer script, or `None` (test skipped) when it is not configured.
-fn signer() -> Option<String> {
-    const VAR: &str = "ALVRYN_TEST_STRIPE_SIGN";
-    match std::env::var(VAR) {
-        Ok(v) if !v.is_empty() => Some(v),
-        _ => {
-            assert!(
-                std::env::var_os("ALVRYN_TEST_REQUIRE_SERVICES").is_none_or(|v| v == "0"),
-                "{VAR} is not set: run the suite with scripts/test, which installs Stripe's library"
-            );
-            eprintln!(
-                "SKIPPED: {VAR} not set (run scripts/test, or `npm ci` in scripts/stripe-sign and \
-                 set it to scripts/stripe-sign/sign.js)"
-            );
-            None
-        }
-    }
-}
-
-/// One payload for Stripe's library to sign.
-struct ToSign<'a> {
-    payload: &'a str,
-    secret: &'a str,
-    timestamp: i64,
-    scheme: Option<&'a str>,
-}
-
-fn req<'a>(payload: &'a str, secret: &'a str, timestamp: i64) -> ToSign<'a> {
-    ToSign {
-        payload,
-        secret,
-        timestamp,
-        scheme: None,
-    }
-}
-
-/// Signs every request with one run of the node script; one header each.
-fn sign_all(script: &str, requests: &[ToSign<'_>]) -> Vec<String> {
-    let mut input = String::new();
-    for r in requests {
-        let mut line = json!({"payload": r.payload, "secret": r.secret, "timestamp": r.timestamp});
-        if let Some(scheme) = r.scheme {
-            line["scheme"] = json!(scheme);
-        }
-        input.push_str(&line.to_string());
-        input.push('\n');
-    }
-    let mut child = Command::new("node")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run node (is Node.js on PATH?)");
-    let mut stdin = child.stdin.take().unwrap();
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let headers: Vec<String> = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    writer.join().unwrap().unwrap();
-    let status = child.wait().unwrap();
-    assert!(status.success(), "the signer failed: {status}");
-    assert_eq!(headers.len(), requests.len(), "one header per request");
-    headers
-}
-
-fn sign_one(script: &str, payload: &str, secret: &str, timestamp: i64) -> String {
-    sign_all(script, &[req(payload, secret, timestamp)]).remove(0)
-}
-
-fn now() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-    )
-    .unwrap()
-}
+use stripe_support::{
+    OTHER_SECRET, SECRET, THIRD_SECRET, ToSign, envelope, now, req, resource, sign_all, sign_one,
+    signer,
+};
 
 fn secrets(list: &str) -> WebhookSecrets {
     WebhookSecrets::parse(list).unwrap()
-}
-
-fn fixtures() -> &'static Value {
-    static FIXTURES: OnceLock<Value> = OnceLock::new();
-    FIXTURES.get_or_init(|| {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../testdata/stripe/fixtures3.json"
-        );
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-    })
-}
-
-fn resource(name: &str) -> Value {
-    let r = fixtures()["resources"][name].clone();
-    assert!(r.is_object(), "fixtures3.json has no resource {name}");
-    r
 }
 
 /// What an event body is expected to parse to.
@@ -143,14 +44,9 @@ fn event_body(
     object: Value,
     previous: Option<Value>,
 ) -> (String, Expected) {
-    let mut event = resource("event");
     let id = format!("evt_1AlvrynFixture{n:04}");
     let created = 1_700_000_000 + i64::from(n);
-    event["id"] = json!(id);
-    event["type"] = json!(event_type);
-    event["created"] = json!(created);
-    event["api_version"] = json!("2025-06-30.basil");
-    event["data"] = json!({ "object": object });
+    let mut event = envelope(&id, event_type, created, object.clone());
     if let Some(p) = &previous {
         event["data"]["previous_attributes"] = p.clone();
     }

@@ -168,8 +168,23 @@ pub trait EventArchive: Send + Sync + 'static {
 pub struct EventKey {
     /// The event id.
     pub id: String,
-    /// The event's `created`, Unix seconds.
+    /// The event's `created`, Unix seconds (0 when unknown).
     pub created: i64,
+    /// The S3 object key, when known (the database records it); without
+    /// it [`S3Archive`] derives the key from `created`.
+    pub s3_key: Option<String>,
+}
+
+impl EventKey {
+    /// The event `id` created at `created`.
+    #[must_use]
+    pub fn new(id: impl Into<String>, created: i64) -> Self {
+        Self {
+            id: id.into(),
+            created,
+            s3_key: None,
+        }
+    }
 }
 
 /// Raw events in the store.
@@ -199,13 +214,15 @@ impl DatabaseArchive {
         }
     }
 
-    /// The raw body kept in the database, if it is there (not only its S3
-    /// key).
-    async fn raw_body(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    /// The raw body kept in the database (`Ok(Ok(body))`), or the S3 key
+    /// it records instead (`Ok(Err(Some(key)))`), or nothing.
+    async fn kept(&self, id: &str) -> Result<Result<Vec<u8>, Option<String>>, StoreError> {
         let record = self.store.record(ARCHIVE_NS, id, (self.now_ms)()).await?;
-        Ok(record
-            .filter(|r| r.status == PENDING_UPLOAD || r.status == KEPT_IN_DATABASE)
-            .map(|r| r.data))
+        Ok(match record {
+            Some(r) if r.status == PENDING_UPLOAD || r.status == KEPT_IN_DATABASE => Ok(r.data),
+            Some(r) if r.status == IN_S3 => Err(String::from_utf8(r.data).ok()),
+            _ => Err(None),
+        })
     }
 
     /// Keeps `data` for `event` at `status`; an existing record of the
@@ -255,7 +272,7 @@ impl EventArchive for DatabaseArchive {
     }
 
     async fn retrieve(&self, key: &EventKey) -> Result<Option<Vec<u8>>, ArchiveError> {
-        Ok(self.raw_body(&key.id).await?)
+        Ok(self.kept(&key.id).await?.ok())
     }
 }
 
@@ -318,9 +335,18 @@ impl EventArchive for FallbackArchive {
     }
 
     async fn retrieve(&self, key: &EventKey) -> Result<Option<Vec<u8>>, ArchiveError> {
-        match self.database.raw_body(&key.id).await? {
-            Some(body) => Ok(Some(body)),
-            None => self.primary.retrieve(key).await,
+        match self.database.kept(&key.id).await? {
+            Ok(body) => Ok(Some(body)),
+            // In S3: where the database says, whatever `created` the
+            // caller knows.
+            Err(Some(s3_key)) => {
+                let key = EventKey {
+                    s3_key: Some(s3_key),
+                    ..key.clone()
+                };
+                self.primary.retrieve(&key).await
+            }
+            Err(None) => self.primary.retrieve(key).await,
         }
     }
 }
@@ -386,12 +412,14 @@ impl EventArchive for S3Archive {
     }
 
     async fn retrieve(&self, key: &EventKey) -> Result<Option<Vec<u8>>, ArchiveError> {
-        let object = RawEvent {
-            id: key.id.clone(),
-            created: key.created,
-            body: Vec::new(),
-        }
-        .s3_key(&self.prefix);
+        let object = key.s3_key.clone().unwrap_or_else(|| {
+            RawEvent {
+                id: key.id.clone(),
+                created: key.created,
+                body: Vec::new(),
+            }
+            .s3_key(&self.prefix)
+        });
         let unavailable = |e: String| ArchiveError::Unavailable(e.into());
         let got = match self
             .client

@@ -609,10 +609,7 @@ impl WebhookPipeline {
 
     /// Fetches an event from the archive and applies it again.
     async fn reapply(&self, id: &str, meta: &Meta, now_ms: i64, report: &mut Report) {
-        let key = EventKey {
-            id: id.to_owned(),
-            created: meta.created,
-        };
+        let key = EventKey::new(id, meta.created);
         let event = match self.archive.retrieve(&key).await {
             Ok(Some(body)) => match webhook::parse_event(&body) {
                 Ok(e) => e,
@@ -657,7 +654,9 @@ impl WebhookPipeline {
         now_ms: i64,
     ) -> Result<Report, StoreError> {
         let mut report = Report::default();
-        let targets: Vec<(String, i64)> = if selection.ids.is_empty() {
+        // With the time it was archived when selected by time; looked up
+        // when selected by id.
+        let targets: Vec<(String, Option<i64>)> = if selection.ids.is_empty() {
             let mut out = Vec::new();
             let mut after = None;
             loop {
@@ -679,24 +678,24 @@ impl WebhookPipeline {
                     let in_range = selection.since_ms.is_none_or(|s| r.created_at_ms >= s)
                         && selection.until_ms.is_none_or(|u| r.created_at_ms < u);
                     if in_range {
-                        out.push((r.key, r.created_at_ms));
+                        out.push((r.key, Some(r.created_at_ms)));
                     }
                 }
             }
             out
         } else {
             let unique: BTreeSet<&String> = selection.ids.iter().collect();
-            unique.into_iter().map(|id| (id.clone(), 0)).collect()
+            unique.into_iter().map(|id| (id.clone(), None)).collect()
         };
         for (id, received_ms) in targets {
             let existing = self.store.record(EVENT_NS, &id, now_ms).await?;
             let meta = existing
                 .as_ref()
                 .and_then(|r| serde_json::from_slice::<Meta>(&r.data).ok());
-            if let Some(want) = selection.status {
-                if existing.as_ref().map(|r| EventStatus::of(r.status)) != Some(want) {
-                    continue;
-                }
+            if let Some(want) = selection.status
+                && existing.as_ref().map(|r| EventStatus::of(r.status)) != Some(want)
+            {
+                continue;
             }
             report.seen += 1;
             if dry_run {
@@ -711,7 +710,15 @@ impl WebhookPipeline {
                     let Some(event) = self.fetch(&id, 0, &mut report).await else {
                         continue;
                     };
-                    if let Err(e) = self.record_received(&event, received_ms.max(1)).await {
+                    let received_ms = match received_ms {
+                        Some(ms) => ms,
+                        None => self
+                            .store
+                            .record(ARCHIVE_NS, &id, now_ms)
+                            .await?
+                            .map_or(now_ms, |r| r.created_at_ms),
+                    };
+                    if let Err(e) = self.record_received(&event, received_ms).await {
                         tracing::warn!(event_id = %id, error = %e, "could not record the event");
                         report.failed += 1;
                         continue;
@@ -729,10 +736,7 @@ impl WebhookPipeline {
     }
 
     async fn fetch(&self, id: &str, created: i64, report: &mut Report) -> Option<WebhookEvent> {
-        let key = EventKey {
-            id: id.to_owned(),
-            created,
-        };
+        let key = EventKey::new(id, created);
         match self.archive.retrieve(&key).await {
             Ok(Some(body)) => webhook::parse_event(&body).ok().or_else(|| {
                 report.missing += 1;

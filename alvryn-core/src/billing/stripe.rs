@@ -230,7 +230,16 @@ impl StripeClient {
             let status = response.status();
             let headers = response.headers().clone();
             let body = match read_capped(response).await {
-                Ok(b) => b,
+                Ok(Some(b)) => b,
+                // Too large is no transient failure: asking again gets the
+                // same answer.
+                Ok(None) if status.is_success() => {
+                    return Err(BillingError::InvalidResponse(format!(
+                        "{status} with an answer larger than {MAX_RESPONSE_BYTES} bytes"
+                    )));
+                }
+                // An error answer is judged by its status alone.
+                Ok(None) => Vec::new(),
                 Err(why) if !last => {
                     tracing::warn!(attempt, error = %why, "reading Stripe's answer failed; retrying");
                     tokio::time::sleep(self.retry.backoff(attempt)).await;
@@ -297,7 +306,9 @@ fn retry_decision(
     }
 }
 
-async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, String> {
+/// The answer's body, `None` when it is larger than
+/// [`MAX_RESPONSE_BYTES`], or why it could not be read.
+async fn read_capped(mut response: reqwest::Response) -> Result<Option<Vec<u8>>, String> {
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
@@ -305,11 +316,11 @@ async fn read_capped(mut response: reqwest::Response) -> Result<Vec<u8>, String>
         .map_err(|e| format!("{}", e.without_url()))?
     {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(format!("answer larger than {MAX_RESPONSE_BYTES} bytes"));
+            return Ok(None);
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
+    Ok(Some(body))
 }
 
 /// Stripe's `{"error": {"type", "code", "message"}}`, keys masked.

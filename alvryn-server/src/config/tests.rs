@@ -259,6 +259,9 @@ fn malformed_values_of_every_other_kind_are_reported_together() {
     env.insert("STRIPE_SECRET_KEY", "pk_live_publishable".to_owned());
     env.insert("STRIPE_WEBHOOK_SECRET", "secret_without_prefix".to_owned());
     env.insert("STRIPE_EVENT_S3_BUCKET", "Bad_Bucket".to_owned());
+    env.insert("STRIPE_API_BASE", "http://stripe.example.com".to_owned());
+    env.insert("STRIPE_WEBHOOK_TOLERANCE_SECONDS", "0".to_owned());
+    env.insert("STRIPE_EVENT_S3_PREFIX", "/../events".to_owned());
     env.remove("GOOGLE_CLIENT_ID");
     env.insert("MICROSOFT_CLIENT_ID", "ms-app".to_owned());
     env.insert("ALVRYN_BIND", "everywhere".to_owned());
@@ -270,6 +273,9 @@ fn malformed_values_of_every_other_kind_are_reported_together() {
         ("STRIPE_SECRET_KEY", "sk_ or rk_"),
         ("STRIPE_WEBHOOK_SECRET", "whsec_"),
         ("STRIPE_EVENT_S3_BUCKET", "bucket name"),
+        ("STRIPE_API_BASE", "https URL"),
+        ("STRIPE_WEBHOOK_TOLERANCE_SECONDS", "1 to 3600"),
+        ("STRIPE_EVENT_S3_PREFIX", "relative folder"),
         ("GOOGLE_CLIENT_ID", "required when GOOGLE_CLIENT_SECRET"),
         (
             "MICROSOFT_CLIENT_SECRET",
@@ -279,8 +285,33 @@ fn malformed_values_of_every_other_kind_are_reported_together() {
     ] {
         assert!(has(&p, var, needle), "{var}: {p:?}");
     }
-    assert_eq!(p.len(), 9, "{p:?}");
+    assert_eq!(p.len(), 12, "{p:?}");
     assert_no_secret(&format!("{p:?}"), &env);
+}
+
+#[test]
+fn several_webhook_secrets_a_tolerance_and_a_local_api_base_are_taken() {
+    let mut env = production();
+    env.insert(
+        "STRIPE_WEBHOOK_SECRET",
+        format!("{WHSEC}, whsec_theNextOneWhileRolling"),
+    );
+    env.insert("STRIPE_WEBHOOK_TOLERANCE_SECONDS", "600".to_owned());
+    env.insert("STRIPE_API_BASE", "http://127.0.0.1:12111/".to_owned());
+    let cfg = load(&env).unwrap();
+    let stripe = cfg.stripe.as_ref().unwrap();
+    assert_eq!(stripe.webhook_secrets.len(), 2);
+    assert_eq!(stripe.webhook_tolerance.as_secs(), 600);
+    assert_eq!(stripe.api_base, "http://127.0.0.1:12111");
+    assert_eq!(stripe.event_prefix, "stripe/events/");
+    // A list with one bad entry names its position, not its value.
+    env.insert(
+        "STRIPE_WEBHOOK_SECRET",
+        format!("{WHSEC},not-a-secret-value"),
+    );
+    let p = problems_for(&env);
+    assert!(has(&p, "STRIPE_WEBHOOK_SECRET", "entry 2"), "{p:?}");
+    assert!(!format!("{p:?}").contains("not-a-secret-value"));
 }
 
 #[test]

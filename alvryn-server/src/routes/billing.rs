@@ -153,7 +153,7 @@ async fn subscription(State(s): State<AppState>, Bearer(p): Bearer) -> Result<Re
     pipeline(&s)?;
     let view = plan_view(&s, &p.user.id)
         .await?
-        .ok_or_else(|| ApiError::not_found())?;
+        .ok_or_else(ApiError::not_found)?;
     Ok(no_store(Json(json!({
         "plan": view.plan,
         "status": view.status,
