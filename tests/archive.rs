@@ -18,26 +18,7 @@ use alvryn::core::billing::{
 use alvryn::core::store::StoreBackend;
 use alvryn::core::store::sqlite::SqliteStore;
 use sha2::{Digest as _, Sha256};
-use support::service;
-
-fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version_latest()
-        .endpoint_url(endpoint)
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "testing", "testing", None, None, "moto",
-        ))
-        // moto on 127.0.0.1: no virtual-host addressing.
-        .force_path_style(true)
-        .timeout_config(
-            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
-                .operation_timeout(Duration::from_secs(20))
-                .build(),
-        )
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
+use support::{s3_client, service};
 
 fn unique(prefix: &str) -> String {
     let mut b = [0u8; 6];

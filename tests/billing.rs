@@ -260,42 +260,9 @@ fn hostile_deliveries_get_4xx_and_leave_nothing_behind() {
 
 // ------------------------------------------------------------ localstripe
 
-/// A request to localstripe with our key; returns the answer.
-fn localstripe(base: &str, method: &str, path: &str, content_type: &str, body: &str) -> Response {
-    let addr: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
-    let auth = format!("Bearer {KEY}");
-    raw_request(
-        addr,
-        method,
-        path,
-        &[("Authorization", &auth), ("Content-Type", content_type)],
-        body.as_bytes(),
-    )
-}
-
-/// A form POST (or DELETE) to localstripe; returns the JSON answer.
+/// A form request to localstripe with our key.
 fn stripe_form(base: &str, method: &str, path: &str, form: &[(&str, &str)]) -> Value {
-    let body = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(form)
-        .finish();
-    let r = localstripe(
-        base,
-        method,
-        path,
-        "application/x-www-form-urlencoded",
-        &body,
-    );
-    assert!(
-        (200..300).contains(&r.status),
-        "{method} {path}: {} {}",
-        r.status,
-        r.body
-    );
-    if r.body.trim().is_empty() {
-        Value::Null
-    } else {
-        r.json()
-    }
+    support::localstripe_ok(base, KEY, method, path, form)
 }
 
 fn plan_of(addr: SocketAddr, token: &str) -> Value {
@@ -337,35 +304,10 @@ fn localstripe_deliveries_set_the_plan_and_cancellation_takes_it_away() {
         &ls,
         "POST",
         "/v1/customers",
-        &[
-            ("email", &email),
-            ("metadata[alvryn_user_id]", &user),
-            ("invoice_settings[default_payment_method]", "pm_card_visa"),
-        ],
+        &[("email", &email), ("metadata[alvryn_user_id]", &user)],
     );
-    let product = stripe_form(&ls, "POST", "/v1/products", &[("name", "Pro")]);
-    stripe_form(
-        &ls,
-        "POST",
-        "/v1/plans",
-        &[
-            ("id", &price),
-            ("product", product["id"].as_str().unwrap()),
-            ("amount", "900"),
-            ("currency", "usd"),
-            ("interval", "month"),
-        ],
-    );
-    let sub = stripe_form(
-        &ls,
-        "POST",
-        "/v1/subscriptions",
-        &[
-            ("customer", customer["id"].as_str().unwrap()),
-            ("items[0][plan]", &price),
-            ("metadata[alvryn_user_id]", &user),
-        ],
-    );
+    let sub =
+        support::localstripe_subscribe(&ls, KEY, customer["id"].as_str().unwrap(), &user, &price);
     let sub_id = sub["id"].as_str().unwrap().to_owned();
 
     let view = eventually(20, || {
@@ -403,7 +345,7 @@ fn localstripe_deliveries_set_the_plan_and_cancellation_takes_it_away() {
 
     // Mute the hook: localstripe has no delete, and this server is going.
     let mute = json!({"url": url, "secret": WHSEC, "events": []}).to_string();
-    localstripe(&ls, "POST", &hook_path, "application/json", &mute);
+    support::localstripe_request(&ls, KEY, "POST", &hook_path, "application/json", &mute);
     let applied = events_list(dir.path(), &ls, &prices, &["--status", "applied"]);
     let types: BTreeSet<&str> = applied.iter().filter_map(|e| e["type"].as_str()).collect();
     assert!(
@@ -647,19 +589,6 @@ fn stripe_down_is_503_billing_unavailable_with_retry_after() {
 
 // ------------------------------------------------------------ the archive on S3
 
-fn s3_client(moto: &str) -> aws_sdk_s3::Client {
-    let conf = aws_sdk_s3::Config::builder()
-        .behavior_version_latest()
-        .endpoint_url(moto)
-        .region(aws_sdk_s3::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "testing", "testing", None, None, "moto",
-        ))
-        .force_path_style(true)
-        .build();
-    aws_sdk_s3::Client::from_conf(conf)
-}
-
 /// A server archiving to `bucket` at the S3 endpoint `endpoint`.
 fn s3_server(dir: &std::path::Path, endpoint: &str, bucket: &str) -> Server {
     let mut c = billing_cmd(
@@ -681,7 +610,7 @@ fn events_reach_s3_and_every_s3_fault_ends_with_the_raw_payload_in_the_database(
         return;
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let s3 = s3_client(&moto);
+    let s3 = support::s3_client(&moto);
     let bucket = unique("alvryn-e2e-");
     rt.block_on(s3.create_bucket().bucket(&bucket).send())
         .unwrap();

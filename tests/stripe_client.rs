@@ -17,13 +17,15 @@
 //! `Display` and `Debug`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../alvryn-core/tests/stripe_support/mod.rs"]
+mod stripe_support;
 mod support;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alvryn::core::SecretString;
@@ -52,23 +54,7 @@ const PAD_CHUNK: usize = 64 * 1024;
 // ---------------------------------------------------------------------------
 // Shared helpers
 
-fn fixtures() -> &'static Value {
-    static FIXTURES: OnceLock<Value> = OnceLock::new();
-    FIXTURES.get_or_init(|| {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/testdata/stripe/fixtures3.json"
-        );
-        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-    })
-}
-
-/// Stripe's published example of the object `name`.
-fn resource(name: &str) -> Value {
-    let r = fixtures()["resources"][name].clone();
-    assert!(r.is_object(), "fixtures3.json has no resource {name}");
-    r
-}
+use stripe_support::resource;
 
 /// `n` random characters from `[a-z0-9]`, like the tail of a Stripe id.
 fn random_tail(n: usize) -> String {
@@ -912,34 +898,9 @@ async fn the_tower_view_passes_sessions_and_stripe_errors_through() {
 // ---------------------------------------------------------------------------
 // localstripe
 
-/// One request to localstripe with the test key; its status and JSON.
-fn localstripe(base: &str, method: &str, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
-    let addr = url::Url::parse(base)
-        .unwrap()
-        .socket_addrs(|| None)
-        .unwrap()[0];
-    let body = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(form)
-        .finish();
-    let auth = format!("Bearer {KEY}");
-    let r = support::raw_request(
-        addr,
-        method,
-        path,
-        &[
-            ("Authorization", &auth),
-            ("Content-Type", "application/x-www-form-urlencoded"),
-        ],
-        body.as_bytes(),
-    );
-    (r.status, r.json())
-}
-
-/// A successful localstripe request; its JSON.
+/// A successful localstripe request with the test key; its JSON.
 fn localstripe_ok(base: &str, method: &str, path: &str, form: &[(&str, &str)]) -> Value {
-    let (status, v) = localstripe(base, method, path, form);
-    assert_eq!(status, 200, "{method} {path}: {v}");
-    v
+    support::localstripe_ok(base, KEY, method, path, form)
 }
 
 /// A fresh user of ours and their Stripe customer, created by the client.
@@ -978,38 +939,9 @@ async fn localstripe_subscription_reads_active_then_canceled() {
     };
     let client = client_for(&base, fast(2));
     let (user, _, customer) = localstripe_customer(&client).await;
-    // The test plays Stripe Checkout: a card, a product, a plan (the
-    // old name of a price, with our own `price_` id) and the subscription.
-    localstripe_ok(
-        &base,
-        "POST",
-        &format!("/v1/customers/{customer}"),
-        &[("invoice_settings[default_payment_method]", "pm_card_visa")],
-    );
-    let product = localstripe_ok(&base, "POST", "/v1/products", &[("name", "Pro")]);
+    // The test plays Stripe Checkout.
     let price = format!("price_{}", random_tail(12));
-    localstripe_ok(
-        &base,
-        "POST",
-        "/v1/plans",
-        &[
-            ("id", &price),
-            ("product", product["id"].as_str().unwrap()),
-            ("amount", "900"),
-            ("currency", "usd"),
-            ("interval", "month"),
-        ],
-    );
-    let created = localstripe_ok(
-        &base,
-        "POST",
-        "/v1/subscriptions",
-        &[
-            ("customer", &customer),
-            ("items[0][plan]", &price),
-            ("metadata[alvryn_user_id]", &user),
-        ],
-    );
+    let created = support::localstripe_subscribe(&base, KEY, &customer, &user, &price);
     let id = created["id"].as_str().unwrap();
 
     let sub = client.subscription(id).await.unwrap();

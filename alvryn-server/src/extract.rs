@@ -20,12 +20,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         // A declared length over the limit is refused before the body is
         // touched: no `100 Continue` invites a client to send it.
-        let declared = req
-            .headers()
-            .get(axum::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        if declared_length(&req).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
             return Err(too_large());
         }
         match axum::Json::<T>::from_request(req, state).await {
@@ -83,6 +78,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     }
 }
 
+/// The body length a request declares (`Content-Length`), if any.
+fn declared_length(req: &Request) -> Option<u64> {
+    req.headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
 /// Whether the body timeout is somewhere in `e`'s causes.
 fn caused_by_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     std::iter::successors(Some(e), |e| e.source())
@@ -138,12 +141,7 @@ impl<S: Send + Sync, const MAX: usize> FromRequest<S> for RawBody<MAX> {
                 format!("the body must be at most {MAX} bytes"),
             )
         };
-        let declared = req
-            .headers()
-            .get(axum::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX as u64) {
+        if declared_length(&req).is_some_and(|n| n > MAX as u64) {
             return Err(too_large());
         }
         match axum::body::to_bytes(req.into_body(), MAX).await {

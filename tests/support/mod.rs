@@ -305,3 +305,125 @@ pub async fn create_kms_key(client: &aws_sdk_kms::Client) -> String {
         .unwrap();
     out.key_metadata.unwrap().key_id
 }
+
+/// A request to localstripe (`ALVRYN_TEST_LOCALSTRIPE_URL`) with the
+/// API key `key`: a form body, or a JSON one for its `/_config` routes.
+pub fn localstripe_request(
+    base: &str,
+    key: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+) -> Response {
+    let addr = url::Url::parse(base)
+        .unwrap()
+        .socket_addrs(|| None)
+        .unwrap()[0];
+    let auth = format!("Bearer {key}");
+    raw_request(
+        addr,
+        method,
+        path,
+        &[("Authorization", &auth), ("Content-Type", content_type)],
+        body.as_bytes(),
+    )
+}
+
+/// A form request to localstripe that must succeed; its JSON (`Null` for
+/// an empty answer).
+pub fn localstripe_ok(
+    base: &str,
+    key: &str,
+    method: &str,
+    path: &str,
+    form: &[(&str, &str)],
+) -> serde_json::Value {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    let r = localstripe_request(
+        base,
+        key,
+        method,
+        path,
+        "application/x-www-form-urlencoded",
+        &body,
+    );
+    assert!(
+        (200..300).contains(&r.status),
+        "{method} {path}: {} {}",
+        r.status,
+        r.body
+    );
+    if r.body.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        r.json()
+    }
+}
+
+/// What Stripe Checkout would do, in localstripe: gives `customer` a
+/// card, makes a monthly plan with our own `price` id (localstripe has
+/// plans, the older name of prices) and subscribes the customer to it
+/// with `user` in the metadata. Returns the subscription.
+pub fn localstripe_subscribe(
+    base: &str,
+    key: &str,
+    customer: &str,
+    user: &str,
+    price: &str,
+) -> serde_json::Value {
+    localstripe_ok(
+        base,
+        key,
+        "POST",
+        &format!("/v1/customers/{customer}"),
+        &[("invoice_settings[default_payment_method]", "pm_card_visa")],
+    );
+    let product = localstripe_ok(base, key, "POST", "/v1/products", &[("name", "Pro")]);
+    localstripe_ok(
+        base,
+        key,
+        "POST",
+        "/v1/plans",
+        &[
+            ("id", price),
+            ("product", product["id"].as_str().unwrap()),
+            ("amount", "900"),
+            ("currency", "usd"),
+            ("interval", "month"),
+        ],
+    );
+    localstripe_ok(
+        base,
+        key,
+        "POST",
+        "/v1/subscriptions",
+        &[
+            ("customer", customer),
+            ("items[0][plan]", price),
+            ("metadata[alvryn_user_id]", user),
+        ],
+    )
+}
+
+/// An S3 client for moto (path-style addressing, test credentials).
+pub fn s3_client(moto: &str) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::Config::builder()
+        .behavior_version_latest()
+        .endpoint_url(moto)
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "testing", "testing", None, None, "moto",
+        ))
+        // moto on 127.0.0.1: no virtual-host addressing.
+        .force_path_style(true)
+        .timeout_config(
+            aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                .operation_timeout(Duration::from_secs(20))
+                .build(),
+        )
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
