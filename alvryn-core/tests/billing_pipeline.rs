@@ -101,6 +101,7 @@ fn checkout_session(subscription: &str) -> Value {
     s["status"] = json!("complete");
     s["payment_status"] = json!("paid");
     s["client_reference_id"] = json!(USER);
+    s["metadata"] = json!({ "alvryn_user_id": USER });
     s["customer"] = json!(CUSTOMER);
     s["subscription"] = json!(subscription);
     s
@@ -1039,4 +1040,31 @@ async fn a_delivery_cut_off_after_recording_is_applied_by_the_worker_after_the_g
         ["evt_1AlvrynCutOff"]
     );
     assert_eq!(h.plan_changes().await, 1);
+}
+
+#[tokio::test]
+async fn a_checkout_this_backend_did_not_start_grants_nothing() {
+    let Some(h) = Harness::new(Backend::Sqlite).await else {
+        return;
+    };
+    h.billing.set(&subscription(SUB, "active", PRO));
+    // A Payment Link session: whoever opened the link chose the
+    // `client_reference_id`; only our own sessions carry the metadata.
+    let mut session = checkout_session(SUB);
+    session["metadata"] = json!({});
+    let link = event(
+        "evt_1AlvrynPaymentLink",
+        "checkout.session.completed",
+        T,
+        session,
+    );
+    assert_eq!(h.deliver(&[&link]).await, [Outcome::Ignored]);
+    assert_eq!(h.view().await.plan.as_str(), "free");
+    assert_eq!(h.billing.fetches(SUB), 0);
+    let subscriptions = h.pipeline.subscriptions();
+    assert_eq!(subscriptions.customer_of(USER).await.unwrap(), None);
+    assert_eq!(
+        ids(&h.listed(Some(EventStatus::Ignored)).await),
+        ["evt_1AlvrynPaymentLink"]
+    );
 }

@@ -532,7 +532,15 @@ impl WebhookPipeline {
         let subs = &self.subscriptions;
         let sub = match event.event_type.as_str() {
             "checkout.session.completed" => {
-                let session = CheckoutCompleted::from_json(object).map_err(bad_object)?;
+                let session = match CheckoutCompleted::from_json(object) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Not a session this backend started (a Payment
+                        // Link, another integration): nothing to apply.
+                        tracing::warn!(event_id = %event.id, error = %e, "checkout session ignored");
+                        return Ok(Applied::Ignored);
+                    }
+                };
                 if let Some(customer) = &session.customer {
                     subs.link_customer(&session.user_id, customer).await?;
                 }

@@ -139,7 +139,7 @@ pub fn check_api_base(api_base: &str) -> Result<Url, StripeSetupError> {
 
 impl StripeClient {
     /// A client for `api_base` (normally [`DEFAULT_API_BASE`]) with the
-    /// secret key `key`, 30 s per attempt, the default [`RetryPolicy`].
+    /// secret key `key`, 15 s per attempt, the default [`RetryPolicy`].
     ///
     /// # Errors
     /// [`StripeSetupError`].
@@ -148,7 +148,7 @@ impl StripeClient {
         let mut auth = HeaderValue::try_from(format!("Bearer {}", key.expose()))
             .map_err(|_| StripeSetupError::BadKey)?;
         auth.set_sensitive(true);
-        let http = crate::http::client(Duration::from_secs(30)).map_err(StripeSetupError::Http)?;
+        let http = crate::http::client(Duration::from_secs(15)).map_err(StripeSetupError::Http)?;
         Ok(Self {
             http,
             base,

@@ -135,12 +135,12 @@ impl Subscription {
     }
 }
 
-/// A completed Checkout Session.
+/// A completed Checkout Session that this backend started.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckoutCompleted {
     /// `cs_...`.
     pub id: String,
-    /// Our user id (`client_reference_id`, or the metadata).
+    /// Our user id (the session's `alvryn_user_id` metadata).
     pub user_id: String,
     /// The customer.
     pub customer: Option<String>,
@@ -151,8 +151,13 @@ pub struct CheckoutCompleted {
 impl CheckoutCompleted {
     /// Reads a `checkout.session` object.
     ///
+    /// Only sessions this backend created count: they carry the user in
+    /// their metadata (which only the API sets) and, if they have one, the
+    /// same `client_reference_id`. A Payment Link, say, lets whoever opens
+    /// it choose `client_reference_id`; such a session names no user here.
+    ///
     /// # Errors
-    /// [`ObjectError`] when it is not a session or names no user.
+    /// [`ObjectError`] when it is not a session, or not one of ours.
     pub fn from_json(v: &Value) -> Result<Self, ObjectError> {
         let err = |field| ObjectError {
             object: "checkout session",
@@ -161,12 +166,13 @@ impl CheckoutCompleted {
         if v.get("object").and_then(Value::as_str) != Some("checkout.session") {
             return Err(err("object"));
         }
+        let user_id = user_metadata(v).ok_or_else(|| err("metadata.alvryn_user_id"))?;
+        if text(v, "client_reference_id").is_some_and(|r| r != user_id) {
+            return Err(err("client_reference_id"));
+        }
         Ok(Self {
             id: text(v, "id").ok_or_else(|| err("id"))?.to_owned(),
-            user_id: text(v, "client_reference_id")
-                .map(str::to_owned)
-                .or_else(|| user_metadata(v))
-                .ok_or_else(|| err("client_reference_id"))?,
+            user_id,
             customer: id_of(v, "customer").map(str::to_owned),
             subscription: id_of(v, "subscription").map(str::to_owned),
         })
@@ -241,6 +247,26 @@ mod tests {
                 .unwrap_err()
                 .field,
             "object"
+        );
+    }
+
+    #[test]
+    fn only_sessions_we_started_name_a_user() {
+        let ours = json!({"object":"checkout.session","id":"cs_1","client_reference_id":"u1",
+            "metadata":{"alvryn_user_id":"u1"},"customer":"cus_1","subscription":"sub_1"});
+        assert_eq!(CheckoutCompleted::from_json(&ours).unwrap().user_id, "u1");
+        // A Payment Link session: the reference chosen by whoever opened it.
+        let link = json!({"object":"checkout.session","id":"cs_2","client_reference_id":"u1",
+            "metadata":{}});
+        assert_eq!(
+            CheckoutCompleted::from_json(&link).unwrap_err().field,
+            "metadata.alvryn_user_id"
+        );
+        let mixed = json!({"object":"checkout.session","id":"cs_3","client_reference_id":"u2",
+            "metadata":{"alvryn_user_id":"u1"}});
+        assert_eq!(
+            CheckoutCompleted::from_json(&mixed).unwrap_err().field,
+            "client_reference_id"
         );
     }
 
