@@ -9,6 +9,8 @@
 //! by Stripe's own library (`scripts/stripe-sign`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/fake_stripe.rs"]
+mod fake_stripe;
 #[path = "../alvryn-core/tests/stripe_support/mod.rs"]
 mod stripe_support;
 mod support;
@@ -360,103 +362,9 @@ fn localstripe_deliveries_set_the_plan_and_cancellation_takes_it_away() {
 
 // ------------------------------------------------------------ Checkout and the portal
 
-/// What the test Stripe saw.
-#[derive(Default)]
-struct Seen {
-    customers: Vec<HashMap<String, String>>,
-    checkouts: Vec<HashMap<String, String>>,
-    portals: Vec<HashMap<String, String>>,
-    idempotency_keys: Vec<String>,
-}
-
-/// A stand-in for the Stripe endpoints localstripe lacks (Checkout,
-/// billing portal), answering with Stripe's fixture objects.
-struct FakeStripe {
-    base: String,
-    seen: Arc<Mutex<Seen>>,
-    _rt: tokio::runtime::Runtime,
-}
-
-fn fake_stripe() -> FakeStripe {
-    use axum::routing::post;
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let s = Arc::clone(&seen);
-    let record = move |which: fn(&mut Seen) -> &mut Vec<HashMap<String, String>>| {
-        let s = Arc::clone(&s);
-        move |headers: axum::http::HeaderMap, body: String| {
-            let s = Arc::clone(&s);
-            async move {
-                let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
-                    .into_owned()
-                    .collect();
-                let mut seen = s.lock().unwrap();
-                if let Some(k) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
-                    seen.idempotency_keys.push(k.to_owned());
-                }
-                let auth_ok = headers.get("authorization").and_then(|v| v.to_str().ok())
-                    == Some(&format!("Bearer {KEY}"));
-                which(&mut seen).push(form);
-                let n = which(&mut seen).len();
-                (auth_ok, n)
-            }
-        }
-    };
-    let answer = |resource: &'static str, id: String, url: Option<String>| {
-        let mut o = stripe_support::resource(resource);
-        o["id"] = json!(id);
-        if let Some(u) = url {
-            o["url"] = json!(u);
-        }
-        axum::Json(o)
-    };
-    let customers = record(|s| &mut s.customers);
-    let checkouts = record(|s| &mut s.checkouts);
-    let portals = record(|s| &mut s.portals);
-    let app = axum::Router::new()
-        .route(
-            "/v1/customers",
-            post(move |h, b| async move {
-                let (ok, n) = customers(h, b).await;
-                assert!(ok);
-                answer("customer", format!("cus_fake{n}"), None)
-            }),
-        )
-        .route(
-            "/v1/checkout/sessions",
-            post(move |h, b| async move {
-                let (ok, n) = checkouts(h, b).await;
-                assert!(ok);
-                let id = format!("cs_test_fake{n}");
-                let url = format!("https://checkout.stripe.com/c/pay/{id}");
-                answer("checkout.session", id, Some(url))
-            }),
-        )
-        .route(
-            "/v1/billing_portal/sessions",
-            post(move |h, b| async move {
-                let (ok, n) = portals(h, b).await;
-                assert!(ok);
-                let id = format!("bps_fake{n}");
-                let url = format!("https://billing.stripe.com/p/session/{id}");
-                answer("billing_portal.session", id, Some(url))
-            }),
-        );
-    rt.spawn(async move { axum::serve(listener, app).await });
-    FakeStripe {
-        base,
-        seen,
-        _rt: rt,
-    }
-}
-
 #[test]
 fn checkout_creates_the_customer_once_and_the_portal_reuses_it() {
-    let stripe = fake_stripe();
+    let stripe = fake_stripe::start(KEY);
     let dir = tempfile::tempdir().unwrap();
     let prices = "price_alvrynYearly:pro,price_alvrynMonthly:pro,price_alvrynTeam:team";
     let server = Server::start(billing_cmd(dir.path(), &stripe.base, prices, &[]));

@@ -16,6 +16,7 @@ pub mod events;
 pub mod extract;
 pub mod keys;
 pub mod migrate;
+pub mod openapi;
 pub mod routes;
 pub mod wire;
 

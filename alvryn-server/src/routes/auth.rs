@@ -7,30 +7,32 @@
 use alvryn_core::auth::{AuthError, Issued, Principal};
 use alvryn_core::secret::SecretString;
 use alvryn_core::store::RefreshFamily;
+use axum::Json;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
+use crate::openapi::ErrorBody;
 
 /// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/auth/signup", post(signup))
-        .route("/auth/login", post(login))
-        .route("/auth/refresh", post(refresh))
-        .route("/auth/logout", post(logout))
-        .route("/auth/logout-all", post(logout_all))
-        .route("/auth/me", get(me))
-        .route("/auth/sessions", get(sessions))
-        .route("/auth/sessions/{id}", delete(revoke_session))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(signup))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(logout_all))
+        .routes(routes!(me))
+        .routes(routes!(sessions))
+        .routes(routes!(revoke_session))
 }
 
 impl From<AuthError> for ApiError {
@@ -77,15 +79,44 @@ impl From<AuthError> for ApiError {
     }
 }
 
-#[derive(Deserialize)]
-struct Credentials {
+/// An email and a password.
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct Credentials {
+    #[schema(example = "you@example.com")]
     email: String,
+    #[schema(value_type = String, format = Password)]
     password: SecretString,
 }
 
-#[derive(Deserialize)]
-struct RefreshBody {
+/// A refresh token.
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct RefreshBody {
+    #[schema(value_type = String, format = Password)]
     refresh_token: SecretString,
+}
+
+/// A session's tokens and its user.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct TokensBody {
+    /// Short-lived JWT for `Authorization: Bearer`.
+    access_token: String,
+    /// Single-use token for `POST /auth/refresh`.
+    refresh_token: String,
+    /// Always `Bearer`.
+    token_type: &'static str,
+    /// Seconds until the access token expires.
+    expires_in: i64,
+    /// Who.
+    user: UserSummary,
+}
+
+/// The account a token belongs to.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct UserSummary {
+    id: String,
+    email: String,
+    #[schema(value_type = String, example = "free")]
+    plan: alvryn_core::billing::PlanName,
 }
 
 pub(crate) fn user_agent(headers: &HeaderMap) -> Option<&str> {
@@ -95,23 +126,29 @@ pub(crate) fn user_agent(headers: &HeaderMap) -> Option<&str> {
 }
 
 pub(crate) fn tokens(status: StatusCode, issued: &Issued) -> Response {
-    let body = json!({
-        "access_token": issued.access_token.expose(),
-        "refresh_token": issued.refresh_token.expose(),
-        "token_type": "Bearer",
-        "expires_in": issued.expires_in,
-        "user": {
-            "id": issued.user.id,
-            "email": issued.user.email,
-            "plan": issued.user.plan,
+    let body = TokensBody {
+        access_token: issued.access_token.expose().to_owned(),
+        refresh_token: issued.refresh_token.expose().to_owned(),
+        token_type: "Bearer",
+        expires_in: issued.expires_in,
+        user: UserSummary {
+            id: issued.user.id.clone(),
+            email: issued.user.email.clone(),
+            plan: issued.user.plan.clone(),
         },
-    });
+    };
     let mut resp = no_store((status, Json(body)));
     resp.headers_mut()
         .insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     resp
 }
 
+/// Creates an account and signs it in.
+#[utoipa::path(post, path = "/auth/signup", tag = "auth", request_body = Credentials, responses(
+    (status = 201, description = "Signed up and in.", body = TokensBody),
+    (status = 400, description = "`invalid_email`, `weak_password`, or a malformed body.", body = ErrorBody),
+    (status = 409, description = "`email_taken`.", body = ErrorBody),
+))]
 async fn signup(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -124,6 +161,11 @@ async fn signup(
     Ok(tokens(StatusCode::CREATED, &issued))
 }
 
+/// Signs in with an email and a password.
+#[utoipa::path(post, path = "/auth/login", tag = "auth", request_body = Credentials, responses(
+    (status = 200, description = "Signed in.", body = TokensBody),
+    (status = 401, description = "`invalid_credentials`.", body = ErrorBody),
+))]
 async fn login(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -136,6 +178,12 @@ async fn login(
     Ok(tokens(StatusCode::OK, &issued))
 }
 
+/// Trades a refresh token for new tokens (rotation; a reused token signs
+/// the session out).
+#[utoipa::path(post, path = "/auth/refresh", tag = "auth", request_body = RefreshBody, responses(
+    (status = 200, description = "New tokens.", body = TokensBody),
+    (status = 401, description = "`invalid_token` or `token_reused`.", body = ErrorBody),
+))]
 async fn refresh(
     State(s): State<AppState>,
     JsonBody(b): JsonBody<RefreshBody>,
@@ -144,6 +192,11 @@ async fn refresh(
     Ok(tokens(StatusCode::OK, &issued))
 }
 
+/// Ends the session of a refresh token.
+#[utoipa::path(post, path = "/auth/logout", tag = "auth", request_body = RefreshBody, responses(
+    (status = 204, description = "Signed out (also for a token already signed out)."),
+    (status = 401, description = "`invalid_token`.", body = ErrorBody),
+))]
 async fn logout(
     State(s): State<AppState>,
     JsonBody(b): JsonBody<RefreshBody>,
@@ -152,16 +205,22 @@ async fn logout(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Ends every session of the caller.
+#[utoipa::path(post, path = "/auth/logout-all", tag = "auth", security(("bearer" = [])), responses(
+    (status = 204, description = "Every session ended."),
+    (status = 401, description = "`unauthorized` or `invalid_token`.", body = ErrorBody),
+))]
 async fn logout_all(State(s): State<AppState>, Bearer(p): Bearer) -> Result<StatusCode, ApiError> {
     s.auth.logout_all(&p).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// The body of `GET /auth/me`.
-#[derive(Serialize)]
-struct Me {
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Me {
     id: String,
     email: String,
+    #[schema(value_type = String, example = "pro")]
     plan: alvryn_core::billing::PlanName,
     /// Whether the account can sign in with a password.
     has_password: bool,
@@ -169,8 +228,9 @@ struct Me {
 }
 
 /// A provider linked to the caller: never a token.
-#[derive(Serialize)]
-struct LinkedProvider {
+#[derive(Serialize, ToSchema)]
+pub(crate) struct LinkedProvider {
+    #[schema(example = "google")]
     provider: &'static str,
     email: Option<String>,
     linked_at: String,
@@ -184,6 +244,11 @@ pub(crate) fn no_store(body: impl IntoResponse) -> Response {
     resp
 }
 
+/// The caller: account, plan, sign-in methods.
+#[utoipa::path(get, path = "/auth/me", tag = "auth", security(("bearer" = [])), responses(
+    (status = 200, description = "The caller.", body = Me),
+    (status = 401, description = "`unauthorized` or `invalid_token`.", body = ErrorBody),
+))]
 async fn me(State(s): State<AppState>, Bearer(p): Bearer) -> Result<Response, ApiError> {
     let providers = s
         .oauth
@@ -216,26 +281,60 @@ fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn session_json(f: &RefreshFamily, current: &str) -> Value {
-    json!({
-        "id": f.id,
-        "created_at": rfc3339(f.created_at_ms),
-        "last_used_at": rfc3339(f.last_used_at_ms),
-        "expires_at": rfc3339(f.expires_at_ms),
-        "user_agent": f.user_agent,
-        "current": f.id == current,
-    })
+/// The caller's active sessions.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SessionsBody {
+    sessions: Vec<SessionBody>,
 }
 
+/// One session (a login and its refresh tokens).
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SessionBody {
+    id: String,
+    /// RFC 3339.
+    created_at: String,
+    /// RFC 3339.
+    last_used_at: String,
+    /// RFC 3339.
+    expires_at: String,
+    user_agent: Option<String>,
+    /// Whether it is the caller's own.
+    current: bool,
+}
+
+fn session_body(f: &RefreshFamily, current: &str) -> SessionBody {
+    SessionBody {
+        id: f.id.clone(),
+        created_at: rfc3339(f.created_at_ms),
+        last_used_at: rfc3339(f.last_used_at_ms),
+        expires_at: rfc3339(f.expires_at_ms),
+        user_agent: f.user_agent.clone(),
+        current: f.id == current,
+    }
+}
+
+/// The caller's active sessions, newest first.
+#[utoipa::path(get, path = "/auth/sessions", tag = "auth", security(("bearer" = [])), responses(
+    (status = 200, description = "The sessions.", body = SessionsBody),
+    (status = 401, description = "`unauthorized` or `invalid_token`.", body = ErrorBody),
+))]
 async fn sessions(State(s): State<AppState>, Bearer(p): Bearer) -> Result<Response, ApiError> {
     let list = s.auth.sessions(&p).await?;
-    let items: Vec<Value> = list
+    let sessions = list
         .iter()
-        .map(|f| session_json(f, &p.session_id))
+        .map(|f| session_body(f, &p.session_id))
         .collect();
-    Ok(no_store(Json(json!({ "sessions": items }))))
+    Ok(no_store(Json(SessionsBody { sessions })))
 }
 
+/// Ends one of the caller's sessions.
+#[utoipa::path(delete, path = "/auth/sessions/{id}", tag = "auth", security(("bearer" = [])),
+    params(("id" = String, Path, description = "A session id from `GET /auth/sessions`.")),
+    responses(
+        (status = 204, description = "Ended."),
+        (status = 401, description = "`unauthorized` or `invalid_token`.", body = ErrorBody),
+        (status = 404, description = "No such active session of the caller.", body = ErrorBody),
+    ))]
 async fn revoke_session(
     State(s): State<AppState>,
     Bearer(p): Bearer,

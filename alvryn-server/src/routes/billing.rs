@@ -11,28 +11,32 @@ use alvryn_core::billing::{
     BillingError, CheckoutUrls, EventError, IngestError, Outcome, PlanName, PlanView, SessionError,
     WebhookPipeline,
 };
+use axum::Json;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::auth::{Bearer, no_store};
 use crate::extract::{JsonBody, RawBody};
+use crate::openapi::ErrorBody;
 use crate::{ApiError, AppState};
 
 /// The billing routes and the Stripe webhook.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/billing/checkout", post(checkout))
-        .route("/billing/portal", post(portal))
-        .route("/billing/subscription", get(subscription))
-        .route(
-            "/webhooks/stripe",
-            post(webhook).layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES)),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    let (schemas, paths, webhook) = routes!(webhook);
+    OpenApiRouter::new()
+        .routes(routes!(checkout))
+        .routes(routes!(portal))
+        .routes(routes!(subscription))
+        .routes((
+            schemas,
+            paths,
+            webhook.layer(DefaultBodyLimit::max(MAX_WEBHOOK_BYTES)),
+        ))
 }
 
 fn pipeline(s: &AppState) -> Result<&Arc<WebhookPipeline>, ApiError> {
@@ -95,10 +99,43 @@ fn billing_error(e: &BillingError) -> ApiError {
     }
 }
 
-#[derive(Deserialize)]
+/// The plan to buy.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CheckoutBody {
+pub(crate) struct CheckoutBody {
+    #[schema(example = "pro")]
     plan: String,
+}
+
+/// A hosted Stripe page to send the browser to.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct UrlBody {
+    url: String,
+}
+
+/// The caller's plan and the subscription behind it.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct SubscriptionBody {
+    #[schema(value_type = String, example = "pro")]
+    plan: PlanName,
+    /// Stripe's status (`active`, `past_due`, `canceled`, ...), or null
+    /// without a subscription.
+    status: Option<String>,
+    /// End of the current period, Unix seconds.
+    current_period_end: Option<i64>,
+    cancel_at_period_end: bool,
+}
+
+/// A webhook delivery made durable.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct WebhookAck {
+    /// Always true.
+    received: bool,
+    /// The event id.
+    id: String,
+    /// `applied`, `duplicate`, `stale`, `quarantined`, `ignored`,
+    /// `kept_for_retry` or `dead_letter`.
+    outcome: &'static str,
 }
 
 fn frontend(s: &AppState, path: &str) -> String {
@@ -108,6 +145,15 @@ fn frontend(s: &AppState, path: &str) -> String {
     )
 }
 
+/// Starts a Stripe Checkout Session for a plan.
+#[utoipa::path(post, path = "/billing/checkout", tag = "billing", security(("bearer" = [])), request_body = CheckoutBody, responses(
+    (status = 200, description = "The Checkout page.", body = UrlBody),
+    (status = 400, description = "`unknown_plan`, or a malformed body.", body = ErrorBody),
+    (status = 401, description = "`unauthorized` or `invalid_token`.", body = ErrorBody),
+    (status = 409, description = "`already_subscribed`.", body = ErrorBody),
+    (status = 502, description = "`billing_provider_error`: Stripe refused.", body = ErrorBody),
+    (status = 503, description = "`billing_not_configured`, `billing_unavailable`.", body = ErrorBody),
+))]
 async fn checkout(
     State(s): State<AppState>,
     Bearer(p): Bearer,
@@ -129,16 +175,24 @@ async fn checkout(
         .subscriptions()
         .checkout(&p.user, &plan, &urls)
         .await?;
-    Ok(no_store(Json(json!({ "url": session.url }))))
+    Ok(no_store(Json(UrlBody { url: session.url })))
 }
 
+/// Opens the Stripe billing portal for the caller.
+#[utoipa::path(post, path = "/billing/portal", tag = "billing", security(("bearer" = [])), responses(
+    (status = 200, description = "The portal page.", body = UrlBody),
+    (status = 401, description = "`unauthorized` or `invalid_token`.", body = ErrorBody),
+    (status = 409, description = "`no_billing_account`.", body = ErrorBody),
+    (status = 502, description = "`billing_provider_error`: Stripe refused.", body = ErrorBody),
+    (status = 503, description = "`billing_not_configured`, `billing_unavailable`.", body = ErrorBody),
+))]
 async fn portal(State(s): State<AppState>, Bearer(p): Bearer) -> Result<Response, ApiError> {
     let pipeline = pipeline(&s)?;
     let session = pipeline
         .subscriptions()
         .portal(&p.user, &frontend(&s, "/billing"))
         .await?;
-    Ok(no_store(Json(json!({ "url": session.url }))))
+    Ok(no_store(Json(UrlBody { url: session.url })))
 }
 
 /// The user's plan as billing set it (`free` without a subscription).
@@ -149,19 +203,34 @@ pub(crate) async fn plan_view(s: &AppState, user_id: &str) -> Result<Option<Plan
     }
 }
 
+/// The caller's plan and subscription.
+#[utoipa::path(get, path = "/billing/subscription", tag = "billing", security(("bearer" = [])), responses(
+    (status = 200, description = "The plan.", body = SubscriptionBody),
+    (status = 401, description = "`unauthorized` or `invalid_token`.", body = ErrorBody),
+    (status = 503, description = "`billing_not_configured`.", body = ErrorBody),
+))]
 async fn subscription(State(s): State<AppState>, Bearer(p): Bearer) -> Result<Response, ApiError> {
     pipeline(&s)?;
     let view = plan_view(&s, &p.user.id)
         .await?
         .ok_or_else(ApiError::not_found)?;
-    Ok(no_store(Json(json!({
-        "plan": view.plan,
-        "status": view.status,
-        "current_period_end": view.current_period_end,
-        "cancel_at_period_end": view.cancel_at_period_end,
-    }))))
+    Ok(no_store(Json(SubscriptionBody {
+        plan: view.plan,
+        status: view.status,
+        current_period_end: view.current_period_end,
+        cancel_at_period_end: view.cancel_at_period_end,
+    })))
 }
 
+/// Stripe's webhook: verified, made durable, then applied once.
+#[utoipa::path(post, path = "/webhooks/stripe", tag = "billing",
+    params(("Stripe-Signature" = Option<String>, Header, description = "Stripe's signature of the raw body.")),
+    request_body(content = Object, content_type = "application/json", description = "A Stripe event, byte for byte as Stripe sent it (at most 1 MiB)."),
+    responses(
+        (status = 200, description = "Durable (and applied, or kept for retry).", body = WebhookAck),
+        (status = 400, description = "`invalid_signature` or `invalid_event`: Stripe will not retry.", body = ErrorBody),
+        (status = 503, description = "`unavailable` (Stripe delivers again) or `billing_not_configured`.", body = ErrorBody),
+    ))]
 async fn webhook(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -205,9 +274,9 @@ async fn webhook(
         Outcome::Failed => "kept_for_retry",
         Outcome::Dead => "dead_letter",
     };
-    Ok(no_store(Json(json!({
-        "received": true,
-        "id": ingested.event_id,
-        "outcome": outcome,
-    }))))
+    Ok(no_store(Json(WebhookAck {
+        received: true,
+        id: ingested.event_id,
+        outcome,
+    })))
 }

@@ -15,13 +15,28 @@ use crate::extract::MAX_BODY_BYTES;
 use crate::{ApiError, AppState};
 
 /// Every route; unknown paths and methods answer JSON errors, bodies are
-/// capped, panics become a JSON 500.
+/// capped, panics become a JSON 500. `GET /openapi.json` describes them
+/// all (see [`crate::openapi`]).
 pub fn router() -> Router<AppState> {
-    Router::new()
+    let (routes, api) = utoipa_axum::router::OpenApiRouter::new()
         .merge(ops::router())
         .merge(auth::router())
         .merge(oauth::router())
         .merge(billing::router())
+        .split_for_parts();
+    let document = axum::body::Bytes::from(
+        serde_json::to_vec(&crate::openapi::document(api)).unwrap_or_default(),
+    );
+    routes
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    document,
+                )
+            }),
+        )
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -7,25 +7,27 @@
 
 use alvryn_core::oauth::{CallbackParams, OAuthError, Provider, binding_cookie_name};
 use alvryn_core::secret::SecretString;
-use axum::Router;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
 use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::auth::{Bearer, no_store, tokens, user_agent};
+use super::auth::{Bearer, TokensBody, no_store, tokens, user_agent};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
+use crate::openapi::ErrorBody;
 
 /// The routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/auth/oauth/{provider}/start", get(start))
-        .route("/auth/oauth/{provider}/callback", get(callback))
-        .route("/auth/oauth/exchange", post(exchange))
-        .route("/auth/oauth/{provider}", delete(unlink))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(start))
+        .routes(routes!(callback))
+        .routes(routes!(exchange))
+        .routes(routes!(unlink))
 }
 
 impl From<OAuthError> for ApiError {
@@ -74,6 +76,18 @@ fn param(query: Option<&str>, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
+/// Sends the browser to the provider's sign-in page (and sets a
+/// browser-binding cookie).
+#[utoipa::path(get, path = "/auth/oauth/{provider}/start", tag = "oauth",
+    params(
+        ("provider" = String, Path, description = "`google` or `microsoft`."),
+        ("redirect_to" = Option<String>, Query, description = "Where the frontend goes afterwards: a path, or a URL on FRONTEND_URL's origin."),
+    ),
+    responses(
+        (status = 302, description = "To the provider.", headers(("Location" = String), ("Set-Cookie" = String))),
+        (status = 400, description = "`invalid_redirect`.", body = ErrorBody),
+        (status = 404, description = "Unknown or unconfigured provider.", body = ErrorBody),
+    ))]
 async fn start(
     State(s): State<AppState>,
     PathParam(name): PathParam<String>,
@@ -115,6 +129,17 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// Where the provider sends the browser back; sends it on to the
+/// frontend with a one-time `code`, or an `error`.
+#[utoipa::path(get, path = "/auth/oauth/{provider}/callback", tag = "oauth",
+    params(
+        ("provider" = String, Path, description = "`google` or `microsoft`."),
+        ("code" = Option<String>, Query), ("state" = Option<String>, Query), ("error" = Option<String>, Query),
+    ),
+    responses(
+        (status = 302, description = "To the frontend, with `code` or `error`.", headers(("Location" = String))),
+        (status = 404, description = "Unknown or unconfigured provider.", body = ErrorBody),
+    ))]
 async fn callback(
     State(s): State<AppState>,
     PathParam(name): PathParam<String>,
@@ -142,11 +167,18 @@ async fn callback(
     Ok(resp)
 }
 
-#[derive(Deserialize)]
-struct ExchangeBody {
+/// A one-time code from the callback.
+#[derive(Deserialize, ToSchema)]
+pub(crate) struct ExchangeBody {
+    #[schema(value_type = String, format = Password)]
     code: SecretString,
 }
 
+/// Trades the callback's one-time code for tokens, once.
+#[utoipa::path(post, path = "/auth/oauth/exchange", tag = "oauth", request_body = ExchangeBody, responses(
+    (status = 200, description = "Signed in.", body = TokensBody),
+    (status = 400, description = "`invalid_code` (unknown, used or expired).", body = ErrorBody),
+))]
 async fn exchange(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -156,6 +188,15 @@ async fn exchange(
     Ok(tokens(StatusCode::OK, &issued))
 }
 
+/// Unlinks a provider from the caller (not the last way to sign in).
+#[utoipa::path(delete, path = "/auth/oauth/{provider}", tag = "oauth", security(("bearer" = [])),
+    params(("provider" = String, Path, description = "`google` or `microsoft`.")),
+    responses(
+        (status = 204, description = "Unlinked."),
+        (status = 401, description = "`unauthorized` or `invalid_token`.", body = ErrorBody),
+        (status = 404, description = "Unknown provider, or not linked.", body = ErrorBody),
+        (status = 409, description = "`last_sign_in_method`.", body = ErrorBody),
+    ))]
 async fn unlink(
     State(s): State<AppState>,
     Bearer(p): Bearer,
