@@ -202,7 +202,11 @@ async fn bounded<T, E: std::fmt::Display>(
             Check::Failed
         }
         Err(_) => {
-            tracing::warn!(check = name, timeout_ms = CHECK_TIMEOUT.as_millis() as u64, "readiness check timed out");
+            tracing::warn!(
+                check = name,
+                timeout_ms = CHECK_TIMEOUT.as_millis() as u64,
+                "readiness check timed out"
+            );
             Check::Timeout
         }
     }

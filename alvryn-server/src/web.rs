@@ -254,6 +254,9 @@ mod tests {
             .body(())
             .unwrap();
         let req = drop_insane_request_id(req);
-        assert_eq!(req.headers().get(REQUEST_ID).map(|v| v.as_bytes()), Some(&b"one"[..]));
+        assert_eq!(
+            req.headers().get(REQUEST_ID).map(|v| v.as_bytes()),
+            Some(&b"one"[..])
+        );
     }
 }

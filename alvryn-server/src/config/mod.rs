@@ -332,7 +332,10 @@ impl Reader<'_> {
             Mode::Production => LogFormat::Json,
             Mode::Development => LogFormat::Text,
         };
-        match self.text("ALVRYN_LOG_FORMAT").map(|t| t.trim().to_ascii_lowercase()) {
+        match self
+            .text("ALVRYN_LOG_FORMAT")
+            .map(|t| t.trim().to_ascii_lowercase())
+        {
             None => default,
             Some(t) if t == "json" => LogFormat::Json,
             Some(t) if t == "text" => LogFormat::Text,
@@ -360,7 +363,10 @@ impl Reader<'_> {
             .filter(|e| !e.is_empty())
             .collect();
         if entries.len() > MAX {
-            self.problem(VAR, format!("lists {} origins; at most {MAX}", entries.len()));
+            self.problem(
+                VAR,
+                format!("lists {} origins; at most {MAX}", entries.len()),
+            );
             return Vec::new();
         }
         for (i, entry) in entries.into_iter().enumerate() {

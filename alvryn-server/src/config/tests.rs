@@ -535,16 +535,16 @@ fn bad_cors_origins_are_each_reported_by_position_with_the_rest() {
     env.insert(
         "CORS_ORIGINS",
         [
-            "https://ok.example.com",      // 1: fine
-            "*",                           // 2: wildcard
-            "https://app.example.com/x",   // 3: path
-            "ftp://files.example.com",     // 4: scheme
-            "https://u:pw@example.com",    // 5: credentials
-            "http://plain.example.com",    // 6: http in production
-            "https://*.example.com",       // 7: wildcard host
-            "https://q.example.com/?a=b",  // 8: query
-            "null",                        // 9: the opaque origin
-            "app.example.com",             // 10: no scheme
+            "https://ok.example.com",     // 1: fine
+            "*",                          // 2: wildcard
+            "https://app.example.com/x",  // 3: path
+            "ftp://files.example.com",    // 4: scheme
+            "https://u:pw@example.com",   // 5: credentials
+            "http://plain.example.com",   // 6: http in production
+            "https://*.example.com",      // 7: wildcard host
+            "https://q.example.com/?a=b", // 8: query
+            "null",                       // 9: the opaque origin
+            "app.example.com",            // 10: no scheme
         ]
         .join(","),
     );
@@ -566,9 +566,9 @@ fn bad_cors_origins_are_each_reported_by_position_with_the_rest() {
             "entry {n} not reported: {p:?}"
         );
         assert!(
-            p.iter()
-                .any(|x| x.var == "CORS_ORIGINS" && x.message.starts_with(&format!("entry {n} "))
-                    && x.message.contains(needle)),
+            p.iter().any(|x| x.var == "CORS_ORIGINS"
+                && x.message.starts_with(&format!("entry {n} "))
+                && x.message.contains(needle)),
             "entry {n} should say {needle:?}: {p:?}"
         );
     }
@@ -601,7 +601,11 @@ fn the_log_format_defaults_by_mode_and_refuses_anything_else() {
     assert_eq!(load(&env).unwrap().log_format, LogFormat::Json);
     let mut env = production();
     env.insert("ALVRYN_LOG_FORMAT", "xml".to_owned());
-    assert!(has(&problems_for(&env), "ALVRYN_LOG_FORMAT", "json or text"));
+    assert!(has(
+        &problems_for(&env),
+        "ALVRYN_LOG_FORMAT",
+        "json or text"
+    ));
     // What the logger reads before the configuration: the same rule, an
     // invalid value falling back to the mode's default.
     let lookup = |env: HashMap<&'static str, String>| {
