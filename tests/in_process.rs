@@ -375,3 +375,96 @@ async fn a_webhook_that_cannot_be_made_durable_is_503_and_succeeds_when_redelive
     assert_eq!(status, StatusCode::OK, "{text}");
     assert_eq!(answer["outcome"], "ignored", "{text}");
 }
+
+/// The whole answer: status, headers, JSON body.
+async fn send_full(h: &Harness, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let resp = app(h.state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    (status, headers, body)
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+#[tokio::test]
+async fn readyz_is_503_naming_the_store_when_it_fails_or_hangs_and_200_again_after() {
+    let h = Harness::new();
+    let (status, _, body) = send_full(&h, get("/readyz")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"status": "ready", "checks": {"store": "ok", "field_key": "ok", "s3": "not_configured"}})
+    );
+
+    // A fresh state (no result to reuse) whose store fails.
+    let h = Harness::new();
+    h.set(Mode::Fail);
+    let (status, _, body) = send_full(&h, get("/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "not_ready", "{body}");
+    assert_eq!(body["checks"]["store"], "failed", "{body}");
+    assert_eq!(body["error"]["code"], "not_ready", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("store"), "{body}");
+    let text = body.to_string();
+    assert!(
+        !text.contains("hunter2") && !text.contains("connection refused"),
+        "{text}"
+    );
+
+    // Back up: ready again once the last result is older than its second.
+    h.set(Mode::Serve);
+    tokio::time::sleep(alvryn::server::ready::CACHE_FOR + std::time::Duration::from_millis(100))
+        .await;
+    let (status, _, body) = send_full(&h, get("/readyz")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // A store that never answers: each check gives up after its bound
+    // (within a request timeout longer than it), and says so.
+    let h = Harness::with_vars(&[("ALVRYN_REQUEST_TIMEOUT_SECONDS", "10")]);
+    h.set(Mode::Hang);
+    let (status, _, body) = send_full(&h, get("/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["checks"]["store"], "timeout", "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("store"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_panic_and_a_timeout_still_carry_the_security_headers_and_a_request_id() {
+    let h = Harness::new();
+    let token = h.signup("headers@example.com").await;
+    for (mode, status, want) in [
+        (Mode::Panic, StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        (Mode::Hang, StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+    ] {
+        h.set(mode);
+        let mut req = with_bearer("GET", "/auth/me", &token);
+        req.headers_mut()
+            .insert("x-request-id", "in-process-1".parse().unwrap());
+        let (got, headers, body) = send_full(&h, req).await;
+        assert_eq!(got, status, "{body}");
+        assert_eq!(code(&body), want, "{body}");
+        assert_eq!(headers["x-request-id"], "in-process-1");
+        for name in [
+            "strict-transport-security",
+            "content-security-policy",
+            "x-content-type-options",
+            "x-frame-options",
+            "referrer-policy",
+            "cross-origin-opener-policy",
+            "cross-origin-resource-policy",
+        ] {
+            assert!(headers.contains_key(name), "{want}: no {name}: {headers:?}");
+        }
+    }
+}

@@ -49,10 +49,25 @@ pub async fn archive(
     stripe: &StripeConfig,
     store: &Arc<dyn StoreBackend>,
 ) -> Arc<dyn EventArchive> {
-    match &config.stripe_event_bucket {
-        None => Arc::new(DatabaseArchive::new(Arc::clone(store))),
-        Some(bucket) => {
-            let s3 = S3Archive::new(s3_client().await, bucket, &stripe.event_prefix);
+    let s3 = match &config.stripe_event_bucket {
+        Some(_) => Some(s3_client().await),
+        None => None,
+    };
+    archive_with(config, stripe, store, s3)
+}
+
+/// As [`archive`], over a given S3 client (used only with
+/// `STRIPE_EVENT_S3_BUCKET`; with `None` raw events stay in the database).
+pub fn archive_with(
+    config: &Config,
+    stripe: &StripeConfig,
+    store: &Arc<dyn StoreBackend>,
+    client: Option<aws_sdk_s3::Client>,
+) -> Arc<dyn EventArchive> {
+    match (&config.stripe_event_bucket, client) {
+        (None, _) | (Some(_), None) => Arc::new(DatabaseArchive::new(Arc::clone(store))),
+        (Some(bucket), Some(client)) => {
+            let s3 = S3Archive::new(client, bucket, &stripe.event_prefix);
             let bounded = tower::ServiceBuilder::new()
                 .timeout(S3_UPLOAD_TIMEOUT)
                 .service(ArchiveService::new(Arc::new(s3)));

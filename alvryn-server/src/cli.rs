@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use zeroize::Zeroizing;
 
 use crate::AppState;
-use crate::config::{Config, FieldKeys, Mode, Overrides};
+use crate::config::{Config, FieldKeys, LogFormat, Mode, Overrides};
 
 /// Exit code for an invalid configuration or invalid arguments.
 pub const EXIT_CONFIG: u8 = 2;
@@ -157,21 +157,12 @@ pub enum KeysCommand {
 }
 
 /// The whole `alvryn` program: parses the command line, logs to stderr
-/// (`ALVRYN_LOG` filters, default `info`; colour only on a terminal and
-/// without `NO_COLOR`), and runs the command on a multi-threaded runtime.
+/// (see [`init_logging`]), and runs the command on a multi-threaded
+/// runtime.
 #[must_use]
 pub fn main() -> ExitCode {
-    use std::io::IsTerminal as _;
-
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ALVRYN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(LogFormat::from_env());
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -180,6 +171,78 @@ pub fn main() -> ExitCode {
         Err(e) => {
             eprintln!("alvryn: cannot start the async runtime: {e}");
             ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// How this process logs, once [`init_logging`] has run.
+static LOG_FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Logs to stderr in `format` (`ALVRYN_LOG_FORMAT`), filtered by
+/// `ALVRYN_LOG` (tracing `EnvFilter` syntax, default `info`).
+///
+/// Text: colour only on a terminal and without `NO_COLOR`. JSON: one
+/// object per line, the event's fields at the top level (`timestamp`,
+/// `level`, `target`, `message`, ...) and, inside a request, its span's
+/// fields under `span` (`request_id`); a panic is logged as one such line
+/// (`message: "panic"`) instead of the standard text, and the server's own
+/// start-up failures too.
+pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
+
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ALVRYN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let installed = match format {
+        LogFormat::Text => {
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_ansi(ansi)
+                .with_writer(std::io::stderr)
+                .try_init()
+        }
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init(),
+    };
+    if installed.is_err() {
+        // A logger was there already (an embedding program's): keep it.
+        return;
+    }
+    let _ = LOG_FORMAT.set(format);
+    if format == LogFormat::Json {
+        std::panic::set_hook(Box::new(|info| {
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(not a string)");
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            tracing::error!(panic = message, location, "panic");
+        }));
+    }
+}
+
+/// Reports a failure of `alvryn serve`: a JSON log line under JSON
+/// logging (so that every line on stderr parses), else plain text.
+fn serve_failure(message: &dyn std::fmt::Display) {
+    if LOG_FORMAT.get() == Some(&LogFormat::Json) {
+        tracing::error!(error = %message, "alvryn serve failed");
+    } else {
+        // A configuration error's text ends its own last line.
+        let text = message.to_string();
+        eprint!("alvryn: {text}");
+        if !text.ends_with('\n') {
+            eprintln!();
         }
     }
 }
@@ -276,9 +339,12 @@ async fn serve(args: ServeArgs) -> ExitCode {
         bind: Some(args.bind),
         data_dir: Some(args.data_dir),
     };
-    let config = match load_config(&overrides) {
+    let config = match Config::from_env(&overrides) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(e) => {
+            serve_failure(&e);
+            return ExitCode::from(EXIT_CONFIG);
+        }
     };
     if config.mode == Mode::Development {
         tracing::warn!(
@@ -293,21 +359,21 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let listener = match crate::bind(config.bind).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("alvryn: {e}");
+            serve_failure(&e);
             return ExitCode::from(EXIT_FAILURE);
         }
     };
     let config = match listener.local_addr() {
         Ok(local) => config.bound_to(local),
         Err(e) => {
-            eprintln!("alvryn: {}", crate::StartupError::Serve(e));
+            serve_failure(&crate::StartupError::Serve(e));
             return ExitCode::from(EXIT_FAILURE);
         }
     };
     let state = match AppState::new(config).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("alvryn: {e}");
+            serve_failure(&e);
             return ExitCode::from(EXIT_FAILURE);
         }
     };
@@ -324,7 +390,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("alvryn: {e}");
+            serve_failure(&e);
             ExitCode::from(EXIT_FAILURE)
         }
     }

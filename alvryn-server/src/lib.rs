@@ -17,7 +17,9 @@ pub mod extract;
 pub mod keys;
 pub mod migrate;
 pub mod openapi;
+pub mod ready;
 pub mod routes;
+pub mod web;
 pub mod wire;
 
 use std::future::Future;
@@ -62,6 +64,8 @@ pub struct AppState {
     pub oauth: OAuthLogin,
     /// Stripe billing and its webhook pipeline, when configured.
     pub billing: Option<Arc<WebhookPipeline>>,
+    /// What `/readyz` checks.
+    pub readiness: Arc<ready::Readiness>,
 }
 
 /// Why the server could not start.
@@ -228,8 +232,15 @@ impl AppState {
         let mut parts = Parts::new(config, store, cipher, jwt, hasher);
         if let Some(stripe) = &parts.config.stripe {
             let client = billing::stripe_client(stripe).map_err(StartupError::Stripe)?;
-            let archive = billing::archive(&parts.config, stripe, &parts.store).await;
+            let s3 = match &parts.config.stripe_event_bucket {
+                Some(_) => Some(billing::s3_client().await),
+                None => None,
+            };
+            let archive = billing::archive_with(&parts.config, stripe, &parts.store, s3.clone());
             parts = parts.with_billing(client, archive);
+            if let Some(s3) = s3 {
+                parts = parts.with_s3(s3);
+            }
         }
         Ok(Self::from_parts(parts))
     }
@@ -247,7 +258,21 @@ impl AppState {
             jwt,
             hasher,
             billing,
+            s3,
         } = parts;
+        // S3 is checked where the webhook archive uses it.
+        let s3 = match (&config.stripe, &config.stripe_event_bucket, s3) {
+            (Some(_), Some(bucket), Some(client)) if billing.is_some() => Some(ready::S3Target {
+                client,
+                bucket: bucket.clone(),
+            }),
+            _ => None,
+        };
+        let readiness = Arc::new(ready::Readiness::new(
+            Arc::clone(&store),
+            cipher.clone(),
+            s3,
+        ));
         let billing = match (&config.stripe, billing) {
             (Some(stripe), Some((client, archive))) => Some(Arc::new(billing::pipeline(
                 stripe,
@@ -276,6 +301,7 @@ impl AppState {
             auth,
             oauth: oauth.build(),
             billing,
+            readiness,
         }
     }
 }
@@ -297,6 +323,9 @@ pub struct Parts {
     /// The payment provider and the event archive; used when the
     /// configuration has Stripe settings.
     pub billing: Option<(Arc<dyn Billing>, Arc<dyn EventArchive>)>,
+    /// The S3 client of the event archive, which `/readyz` checks the
+    /// bucket (`STRIPE_EVENT_S3_BUCKET`) with.
+    pub s3: Option<aws_sdk_s3::Client>,
 }
 
 impl std::fmt::Debug for Parts {
@@ -325,6 +354,7 @@ impl Parts {
             jwt,
             hasher,
             billing: None,
+            s3: None,
         }
     }
 
@@ -339,15 +369,25 @@ impl Parts {
         self.billing = Some((billing, archive));
         self
     }
+
+    /// Adds the S3 client the event archive uses, for `/readyz` to check
+    /// the bucket with.
+    #[must_use]
+    pub fn with_s3(mut self, client: aws_sdk_s3::Client) -> Self {
+        self.s3 = Some(client);
+        self
+    }
 }
 
 /// The HTTP application, with the per-request limits of the
 /// configuration: a body must arrive within the body timeout, and a
-/// request is answered within the request timeout or with 503 `timeout`.
-/// [`serve_on`] adds the connection limits.
+/// request is answered within the request timeout or with 503 `timeout`;
+/// around it all, security headers, CORS, request ids and the access log
+/// ([`web`]). [`serve_on`] adds the connection limits.
 pub fn app(state: AppState) -> Router {
     let limits = state.config.limits;
-    routes::router().with_state(state).layer(
+    let config = Arc::clone(&state.config);
+    let router = routes::router().with_state(state).layer(
         tower::ServiceBuilder::new()
             .layer(axum::error_handling::HandleErrorLayer::new(
                 |_: tower::BoxError| async {
@@ -362,7 +402,8 @@ pub fn app(state: AppState) -> Router {
             .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
                 limits.body_timeout,
             )),
-    )
+    );
+    web::layers(router, &config)
 }
 
 /// Binds `addr` (port 0 picks a free one; read it back with

@@ -8,7 +8,9 @@
 //! status line and `content-length: 0`, and closes the connection. hyper
 //! has no hook for that answer's body, so [`JsonErrors`] recognises it on
 //! its way to the socket and writes the same status with
-//! `{"error": {"code", "message"}}` instead. It is the only answer hyper
+//! `{"error": {"code", "message"}}` and the API's security headers
+//! ([`SECURITY_HEADERS`](crate::web::SECURITY_HEADERS)) instead (no
+//! request id: there was no request). It is the only answer hyper
 //! writes without our service, and our service never answers 400, 414 or
 //! 431 with an empty body, so nothing else can match.
 //!
@@ -80,10 +82,16 @@ fn rewrite(head: &[u8]) -> Option<Vec<u8>> {
     }
     let at = head.windows(EMPTY.len()).position(|w| w == EMPTY)?;
     let body = serde_json::json!({ "error": { "code": code, "message": message } }).to_string();
-    let mut out = Vec::with_capacity(head.len() + body.len() + 64);
+    let mut out = Vec::with_capacity(head.len() + body.len() + 512);
     out.extend_from_slice(&head[..at]);
     out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
     out.extend_from_slice(body.len().to_string().as_bytes());
+    for (name, value) in crate::web::SECURITY_HEADERS {
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+    }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(&head[at + EMPTY.len()..]);
     out.extend_from_slice(body.as_bytes());
@@ -208,6 +216,9 @@ mod tests {
                 "{head}"
             );
             assert!(head.contains("content-type: application/json"), "{head}");
+            for (name, value) in crate::web::SECURITY_HEADERS {
+                assert!(head.contains(&format!("\r\n{name}: {value}\r\n")), "{head}");
+            }
             assert!(head.contains(DATE.trim_end()), "{head}");
             assert_eq!(body["error"]["code"], code);
             let declared: usize = head

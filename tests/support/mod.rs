@@ -118,11 +118,16 @@ impl Drop for Server {
     }
 }
 
-/// The address in the server's `listening local=ADDR` log line.
+/// The address in the server's `listening local=ADDR` log line (or, in
+/// JSON logs, `{"message": "listening", "local": "ADDR", ...}`).
 pub fn listening_addr(log: &str) -> Option<SocketAddr> {
     log.lines()
         .filter(|l| l.contains("listening"))
         .find_map(|l| {
+            if l.starts_with('{') {
+                let v: serde_json::Value = serde_json::from_str(l).ok()?;
+                return v["local"].as_str()?.parse().ok();
+            }
             l.split("local=")
                 .nth(1)?
                 .split_whitespace()

@@ -11,6 +11,8 @@
 //! | `JWT_AUDIENCE` | the `aud` claim, default `alvryn` |
 //! | `ALVRYN_REFRESH_GRACE_SECONDS` | how long concurrent refreshes of one token share a successor, default 10 |
 //! | `ALVRYN_HEADER_TIMEOUT_SECONDS`, `ALVRYN_BODY_TIMEOUT_SECONDS`, `ALVRYN_REQUEST_TIMEOUT_SECONDS`, `ALVRYN_MAX_CONNECTIONS` | connection limits, see [`ConnectionLimits`] |
+//! | `ALVRYN_LOG_FORMAT` | `json` (one JSON object per line) or `text`; default `json` in production, `text` in development |
+//! | `CORS_ORIGINS` | comma-separated browser origins allowed besides `FRONTEND_URL`'s, e.g. `https://admin.example.com` |
 //! | `ALVRYN_SESSION_MAX_AGE` | a session's absolute lifetime from login, seconds or like `90d`; default 90 days, 0 for none |
 //! | `BACKEND_URL`, `FRONTEND_URL` | public URLs of this server and of the web app |
 //! | `STRIPE_SECRET_KEY`, `STRIPE_WEBHOOK_SECRET` | Stripe API key (`sk_`/`rk_`) and webhook signing secret (`whsec_`) |
@@ -106,6 +108,37 @@ pub enum FieldKeys {
     DevGenerated,
 }
 
+/// How log lines are written to stderr (`ALVRYN_LOG_FORMAT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Lines for people (the development default).
+    Text,
+    /// One JSON object per line (the production default).
+    Json,
+}
+
+impl LogFormat {
+    /// The format the process environment asks for, read before anything
+    /// is logged. An invalid value gives the mode's default here; the
+    /// full configuration check ([`Config::from_env`]) reports it.
+    #[must_use]
+    pub fn from_env() -> Self {
+        Self::from_lookup(&|name| std::env::var_os(name))
+    }
+
+    /// As [`LogFormat::from_env`], through `get`.
+    #[must_use]
+    pub fn from_lookup(get: &dyn Fn(&str) -> Option<OsString>) -> Self {
+        let mut r = Reader {
+            get,
+            problems: Vec::new(),
+            mode: Mode::Development,
+        };
+        r.mode = r.mode();
+        r.log_format()
+    }
+}
+
 /// Stripe settings.
 #[derive(Clone, Debug)]
 pub struct StripeConfig {
@@ -188,6 +221,12 @@ pub struct Config {
     pub backend_url: Url,
     /// Public URL of the web app (CORS origin, redirects).
     pub frontend_url: Url,
+    /// Browser origins allowed by CORS besides the frontend's
+    /// (`CORS_ORIGINS`), each `scheme://host[:port]`, lower case, the
+    /// default port left out (as browsers send `Origin`).
+    pub cors_origins: Vec<String>,
+    /// How log lines are written (`ALVRYN_LOG_FORMAT`).
+    pub log_format: LogFormat,
     /// Stripe, when configured.
     pub stripe: Option<StripeConfig>,
     /// Raw webhook archive bucket.
@@ -272,6 +311,115 @@ impl Reader<'_> {
             return None;
         }
         Some(url)
+    }
+
+    /// `ALVRYN_ENV`.
+    fn mode(&mut self) -> Mode {
+        match self.text("ALVRYN_ENV").as_deref().map(str::trim) {
+            Some("production" | "prod") => Mode::Production,
+            None | Some("development" | "dev") => Mode::Development,
+            Some(_) => {
+                self.problem("ALVRYN_ENV", "must be production or development");
+                Mode::Development
+            }
+        }
+    }
+
+    /// `ALVRYN_LOG_FORMAT`: `json` or `text`, by default `json` in
+    /// production and `text` in development.
+    fn log_format(&mut self) -> LogFormat {
+        let default = match self.mode {
+            Mode::Production => LogFormat::Json,
+            Mode::Development => LogFormat::Text,
+        };
+        match self
+            .text("ALVRYN_LOG_FORMAT")
+            .map(|t| t.trim().to_ascii_lowercase())
+        {
+            None => default,
+            Some(t) if t == "json" => LogFormat::Json,
+            Some(t) if t == "text" => LogFormat::Text,
+            Some(_) => {
+                self.problem("ALVRYN_LOG_FORMAT", "must be json or text");
+                default
+            }
+        }
+    }
+
+    /// `CORS_ORIGINS`: comma-separated origins, each an http(s) scheme, a
+    /// host and an optional port, and nothing else (no path, query,
+    /// credentials or wildcard); https in production. Each entry in
+    /// error is named by its position, not its value.
+    fn cors_origins(&mut self) -> Vec<String> {
+        const VAR: &str = "CORS_ORIGINS";
+        const MAX: usize = 64;
+        let Some(list) = self.text(VAR) else {
+            return Vec::new();
+        };
+        let mut origins: Vec<String> = Vec::new();
+        let entries: Vec<&str> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .collect();
+        if entries.len() > MAX {
+            self.problem(
+                VAR,
+                format!("lists {} origins; at most {MAX}", entries.len()),
+            );
+            return Vec::new();
+        }
+        for (i, entry) in entries.into_iter().enumerate() {
+            let n = i + 1;
+            let url = match Url::parse(entry) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => u,
+                _ => {
+                    self.problem(
+                        VAR,
+                        format!(
+                            "entry {n} is not an origin like https://app.example.com \
+                             (http or https, a host, an optional port)"
+                        ),
+                    );
+                    continue;
+                }
+            };
+            // A wildcard or another odd character is no host a browser
+            // sends (the URL parser lets `*` through).
+            if let Some(url::Host::Domain(d)) = url.host()
+                && !d
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.')
+            {
+                self.problem(
+                    VAR,
+                    format!("entry {n} has a host with characters no origin has (no wildcards)"),
+                );
+                continue;
+            }
+            // `Url` reads `https://a.example` and `https://a.example/`
+            // alike (path `/`); anything longer is a path.
+            if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+                self.problem(
+                    VAR,
+                    format!("entry {n} must be an origin only: no path, query or fragment"),
+                );
+                continue;
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                self.problem(VAR, format!("entry {n} must not contain credentials"));
+                continue;
+            }
+            if self.mode == Mode::Production && url.scheme() != "https" {
+                self.problem(VAR, format!("entry {n} must use https in production"));
+                continue;
+            }
+            let origin = url.origin().ascii_serialization();
+            if !origins.contains(&origin) {
+                origins.push(origin);
+            }
+        }
+        origins
     }
 
     fn jwt_secret(&mut self, var: &'static str) -> Option<SecretBytes> {
@@ -650,14 +798,7 @@ impl Config {
             problems: Vec::new(),
             mode: Mode::Development,
         };
-        r.mode = match r.text("ALVRYN_ENV").as_deref().map(str::trim) {
-            Some("production" | "prod") => Mode::Production,
-            None | Some("development" | "dev") => Mode::Development,
-            Some(_) => {
-                r.problem("ALVRYN_ENV", "must be production or development");
-                Mode::Development
-            }
-        };
+        r.mode = r.mode();
         let bind = match overrides.bind {
             Some(b) => Some(b),
             None => match r.text("ALVRYN_BIND") {
@@ -742,6 +883,8 @@ impl Config {
         let limits = r.limits();
         let backend_url = r.url("BACKEND_URL");
         let frontend_url = r.url("FRONTEND_URL");
+        let cors_origins = r.cors_origins();
+        let log_format = r.log_format();
         let stripe = r.stripe();
         let stripe_event_bucket = r.bucket();
         let google = r.oauth(Provider::Google);
@@ -819,6 +962,8 @@ impl Config {
             limits,
             backend_url,
             frontend_url,
+            cors_origins,
+            log_format,
             stripe,
             stripe_event_bucket,
             google,
@@ -839,6 +984,19 @@ impl Config {
         }
         self.bind = local;
         self
+    }
+
+    /// The browser origins CORS allows: `FRONTEND_URL`'s, then
+    /// `CORS_ORIGINS`, without repeats.
+    #[must_use]
+    pub fn allowed_origins(&self) -> Vec<String> {
+        let mut all = vec![self.frontend_url.origin().ascii_serialization()];
+        for o in &self.cors_origins {
+            if !all.contains(o) {
+                all.push(o.clone());
+            }
+        }
+        all
     }
 
     /// The effective configuration, one line per setting, secrets
@@ -885,6 +1043,14 @@ impl Config {
         );
         m.insert("BACKEND_URL", self.backend_url.to_string());
         m.insert("FRONTEND_URL", self.frontend_url.to_string());
+        m.insert("CORS_ORIGINS", self.allowed_origins().join(","));
+        m.insert(
+            "ALVRYN_LOG_FORMAT",
+            match self.log_format {
+                LogFormat::Json => "json".to_owned(),
+                LogFormat::Text => "text".to_owned(),
+            },
+        );
         match &self.stripe {
             Some(s) => {
                 m.insert(

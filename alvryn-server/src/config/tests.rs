@@ -484,3 +484,134 @@ fn session_max_age_defaults_to_90_days_and_parses_durations() {
         );
     }
 }
+
+#[test]
+fn cors_origins_are_normalised_and_the_frontend_comes_first() {
+    let mut env = production();
+    env.insert(
+        "CORS_ORIGINS",
+        " https://Admin.Example.com , https://partner.example.net:8443/,https://app.example.com:443,,"
+            .to_owned(),
+    );
+    let cfg = load(&env).unwrap();
+    assert_eq!(
+        cfg.cors_origins,
+        [
+            "https://admin.example.com",
+            "https://partner.example.net:8443",
+            "https://app.example.com"
+        ]
+    );
+    // FRONTEND_URL (https://app.example.com) is allowed once, first.
+    assert_eq!(
+        cfg.allowed_origins(),
+        [
+            "https://app.example.com",
+            "https://admin.example.com",
+            "https://partner.example.net:8443"
+        ]
+    );
+    assert!(
+        cfg.describe()["CORS_ORIGINS"].contains("https://partner.example.net:8443"),
+        "{:?}",
+        cfg.describe()
+    );
+    // Unset: the frontend alone.
+    let cfg = load(&production()).unwrap();
+    assert!(cfg.cors_origins.is_empty());
+    assert_eq!(cfg.allowed_origins(), ["https://app.example.com"]);
+    // A frontend URL with a path allows its origin.
+    let mut env = production();
+    env.insert("FRONTEND_URL", "https://app.example.com/web/".to_owned());
+    assert_eq!(
+        load(&env).unwrap().allowed_origins(),
+        ["https://app.example.com"]
+    );
+}
+
+#[test]
+fn bad_cors_origins_are_each_reported_by_position_with_the_rest() {
+    let mut env = production();
+    env.insert(
+        "CORS_ORIGINS",
+        [
+            "https://ok.example.com",     // 1: fine
+            "*",                          // 2: wildcard
+            "https://app.example.com/x",  // 3: path
+            "ftp://files.example.com",    // 4: scheme
+            "https://u:pw@example.com",   // 5: credentials
+            "http://plain.example.com",   // 6: http in production
+            "https://*.example.com",      // 7: wildcard host
+            "https://q.example.com/?a=b", // 8: query
+            "null",                       // 9: the opaque origin
+            "app.example.com",            // 10: no scheme
+        ]
+        .join(","),
+    );
+    env.insert("JWT_SECRET", "short".to_owned());
+    let p = problems_for(&env);
+    for (n, needle) in [
+        (2, "not an origin"),
+        (3, "no path"),
+        (4, "not an origin"),
+        (5, "credentials"),
+        (6, "https in production"),
+        (7, "no wildcards"),
+        (8, "no path, query"),
+        (9, "not an origin"),
+        (10, "not an origin"),
+    ] {
+        assert!(
+            has(&p, "CORS_ORIGINS", &format!("entry {n} ")),
+            "entry {n} not reported: {p:?}"
+        );
+        assert!(
+            p.iter().any(|x| x.var == "CORS_ORIGINS"
+                && x.message.starts_with(&format!("entry {n} "))
+                && x.message.contains(needle)),
+            "entry {n} should say {needle:?}: {p:?}"
+        );
+    }
+    assert!(!has(&p, "CORS_ORIGINS", "entry 1 "), "{p:?}");
+    // Reported together with every other problem, never echoing a value.
+    assert!(has(&p, "JWT_SECRET", "5 bytes"), "{p:?}");
+    let text = ConfigError { problems: p }.to_string();
+    assert!(!text.contains("pw@") && !text.contains("partner"), "{text}");
+    // Development accepts an http origin (a local frontend).
+    let env: HashMap<_, _> = [("CORS_ORIGINS", "http://localhost:5173".to_owned())]
+        .into_iter()
+        .collect();
+    let cfg = load(&env).unwrap();
+    assert_eq!(
+        cfg.allowed_origins(),
+        ["http://localhost:3000", "http://localhost:5173"]
+    );
+}
+
+#[test]
+fn the_log_format_defaults_by_mode_and_refuses_anything_else() {
+    assert_eq!(load(&HashMap::new()).unwrap().log_format, LogFormat::Text);
+    assert_eq!(load(&production()).unwrap().log_format, LogFormat::Json);
+    let mut env = production();
+    env.insert("ALVRYN_LOG_FORMAT", "text".to_owned());
+    assert_eq!(load(&env).unwrap().log_format, LogFormat::Text);
+    let env: HashMap<_, _> = [("ALVRYN_LOG_FORMAT", " JSON ".to_owned())]
+        .into_iter()
+        .collect();
+    assert_eq!(load(&env).unwrap().log_format, LogFormat::Json);
+    let mut env = production();
+    env.insert("ALVRYN_LOG_FORMAT", "xml".to_owned());
+    assert!(has(
+        &problems_for(&env),
+        "ALVRYN_LOG_FORMAT",
+        "json or text"
+    ));
+    // What the logger reads before the configuration: the same rule, an
+    // invalid value falling back to the mode's default.
+    let lookup = |env: HashMap<&'static str, String>| {
+        LogFormat::from_lookup(&|name| env.get(name).map(OsString::from))
+    };
+    assert_eq!(lookup(production()), LogFormat::Json);
+    assert_eq!(lookup(HashMap::new()), LogFormat::Text);
+    assert_eq!(lookup(env), LogFormat::Json);
+}

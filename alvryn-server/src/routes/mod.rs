@@ -9,7 +9,6 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
 
 use crate::extract::MAX_BODY_BYTES;
 use crate::{ApiError, AppState};
@@ -47,14 +46,10 @@ pub fn router() -> Router<AppState> {
         })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(head_limits))
-        // 5xx answers are not errors of their own: a real failure is
-        // logged where it happens (with its cause), and a `busy` under a
-        // flood must not flood the log.
-        .layer(
-            TraceLayer::new_for_http().on_failure(
-                tower_http::trace::DefaultOnFailure::new().level(tracing::Level::DEBUG),
-            ),
-        )
+        // Requests are logged by `crate::web` (one access line each, no
+        // query, no headers). 5xx answers are not errors of their own: a
+        // real failure is logged where it happens (with its cause), and a
+        // `busy` under a flood must not flood the log.
         .layer(CatchPanicLayer::custom(|_| {
             axum::response::IntoResponse::into_response(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,16 +1,26 @@
-//! Operational endpoints.
+//! Operational endpoints: liveness and readiness.
+
+use std::collections::BTreeMap;
 
 use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
+use crate::openapi::ErrorDetail;
 
-/// `/healthz`: the process is up and serving.
+/// `/healthz`: the process is up and serving. `/readyz`: its store, its
+/// field key and (when billing archives there) its S3 bucket answer; see
+/// [`crate::ready`].
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(healthz))
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
 }
 
 /// `{"status": "ok"}`.
@@ -26,4 +36,52 @@ pub(crate) struct Health {
 ))]
 async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
+}
+
+/// Whether the server can serve, check by check.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct Readiness {
+    /// `ready` or `not_ready`.
+    #[schema(example = "ready")]
+    status: &'static str,
+    /// Each check (`store`, `field_key`, `s3` when configured): `ok`, or
+    /// what failed, without its cause (which is logged).
+    checks: BTreeMap<String, String>,
+    /// When not ready, the API's error naming the failed checks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorDetail>,
+}
+
+/// 200 `{"status": "ready", "checks": {...}}`, or 503 with
+/// `"status": "not_ready"`, the same checks, and the API's error shape
+/// naming the checks that failed (never their causes, which are logged).
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses(
+    (status = 200, description = "Ready.", body = Readiness),
+    (status = 503, description = "Not ready: `error` names the failed checks.", body = Readiness),
+))]
+async fn readyz(State(state): State<AppState>) -> Response {
+    let report = state.readiness.report().await;
+    let checks = report
+        .checks
+        .iter()
+        .map(|(name, check)| ((*name).to_owned(), check.as_str().to_owned()))
+        .collect();
+    let no_store = [(axum::http::header::CACHE_CONTROL, "no-store")];
+    if report.ready() {
+        let body = Readiness {
+            status: "ready",
+            checks,
+            error: None,
+        };
+        return (StatusCode::OK, no_store, Json(body)).into_response();
+    }
+    let body = Readiness {
+        status: "not_ready",
+        checks,
+        error: Some(ErrorDetail {
+            code: "not_ready".to_owned(),
+            message: format!("not ready: {}", report.failed().join(", ")),
+        }),
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, no_store, Json(body)).into_response()
 }
