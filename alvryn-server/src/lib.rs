@@ -16,6 +16,7 @@ pub mod events;
 pub mod extract;
 pub mod keys;
 pub mod migrate;
+pub mod ratelimit;
 pub mod routes;
 pub mod wire;
 
@@ -61,6 +62,8 @@ pub struct AppState {
     pub oauth: OAuthLogin,
     /// Stripe billing and its webhook pipeline, when configured.
     pub billing: Option<Arc<WebhookPipeline>>,
+    /// Rate limits, counted in the store.
+    pub limiter: Arc<ratelimit::RateLimiter>,
 }
 
 /// Why the server could not start.
@@ -256,6 +259,10 @@ impl AppState {
             ))),
             _ => None,
         };
+        let limiter = Arc::new(ratelimit::RateLimiter::new(
+            Arc::clone(&store) as _,
+            config.rate_limits.clone(),
+        ));
         let auth = Auth::new(Arc::clone(&store) as _, Arc::new(jwt), hasher)
             .with_grace(config.refresh_grace)
             .with_session_max_age(config.session_max_age);
@@ -275,6 +282,7 @@ impl AppState {
             auth,
             oauth: oauth.build(),
             billing,
+            limiter,
         }
     }
 }
@@ -343,9 +351,11 @@ impl Parts {
 /// The HTTP application, with the per-request limits of the
 /// configuration: a body must arrive within the body timeout, and a
 /// request is answered within the request timeout or with 503 `timeout`.
-/// [`serve_on`] adds the connection limits.
+/// [`serve_on`] adds the connection limits and the peer address
+/// ([`axum::extract::ConnectInfo`], which the per-IP rate limits need).
 pub fn app(state: AppState) -> Router {
     let limits = state.config.limits;
+    let limiter = Arc::clone(&state.limiter);
     routes::router().with_state(state).layer(
         tower::ServiceBuilder::new()
             .layer(axum::error_handling::HandleErrorLayer::new(
@@ -360,7 +370,9 @@ pub fn app(state: AppState) -> Router {
             .timeout(limits.request_timeout)
             .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
                 limits.body_timeout,
-            )),
+            ))
+            // For the rate-limit route layer (`ratelimit::by_client_ip`).
+            .layer(axum::Extension(limiter)),
     )
 }
 
@@ -400,7 +412,8 @@ pub async fn serve(
 /// refusals are logged at most once a minute. A request head is at most
 /// [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] fields (431); the answers the
 /// HTTP layer gives to requests it cannot parse (400, 414, 431) carry
-/// the API's JSON error body (see [`wire`]).
+/// the API's JSON error body (see [`wire`]). Each request carries its
+/// connection's peer address as [`axum::extract::ConnectInfo`].
 ///
 /// # Errors
 /// [`StartupError::Serve`].
@@ -421,9 +434,9 @@ pub async fn serve_on(
     tracing::info!(%local, "listening");
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, say: back off, keep serving.
                     refusals.note(&format!("accept failed: {e}"));
@@ -446,7 +459,18 @@ pub async fn serve_on(
             .keep_alive(true)
             .serve_connection(
                 TokioIo::new(wire::JsonErrors::new(stream)),
-                TowerToHyperService::new(app.clone()),
+                TowerToHyperService::new(
+                    tower::ServiceBuilder::new()
+                        .map_request(move |mut req: axum::http::Request<_>| {
+                            // What the per-IP rate limits count by, as
+                            // axum's `into_make_service_with_connect_info`
+                            // provides it.
+                            req.extensions_mut()
+                                .insert(axum::extract::ConnectInfo(peer));
+                            req
+                        })
+                        .service(app.clone()),
+                ),
             );
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

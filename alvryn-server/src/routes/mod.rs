@@ -15,7 +15,8 @@ use crate::extract::MAX_BODY_BYTES;
 use crate::{ApiError, AppState};
 
 /// Every route; unknown paths and methods answer JSON errors, bodies are
-/// capped, panics become a JSON 500.
+/// capped, panics become a JSON 500, public routes are rate limited
+/// ([`crate::ratelimit`]).
 pub fn router() -> Router<AppState> {
     Router::new()
         .merge(ops::router())
@@ -30,6 +31,9 @@ pub fn router() -> Router<AppState> {
                 "this method is not allowed here",
             )
         })
+        // Innermost, on matched routes only: a 429 still passes every
+        // layer below (logging, headers, panics).
+        .route_layer(axum::middleware::from_fn(crate::ratelimit::by_client_ip))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(head_limits))
         // 5xx answers are not errors of their own: a real failure is
