@@ -401,14 +401,15 @@ async fn each_route_group_is_limited_per_client_and_not_without_a_peer() {
         ("ALVRYN_RATE_LIMIT_BILLING", "1/1h"),
         ("ALVRYN_RATE_LIMIT_WEBHOOK", "1/1h"),
     ]);
-    let password = "correct horse battery staple";
-    let routes: Vec<(&str, Box<dyn Fn(usize) -> Request<Body>>)> = vec![
+    const PASSWORD: &str = "correct horse battery staple";
+    type MakeRequest = Box<dyn Fn(usize) -> Request<Body>>;
+    let routes: Vec<(&str, MakeRequest)> = vec![
         (
             "signup",
             Box::new(|i| {
                 json_post(
                     "/auth/signup",
-                    &json!({"email": format!("s{i}@example.com"), "password": password}),
+                    &json!({"email": format!("s{i}@example.com"), "password": PASSWORD}),
                 )
             }),
         ),
@@ -417,7 +418,7 @@ async fn each_route_group_is_limited_per_client_and_not_without_a_peer() {
             Box::new(|i| {
                 json_post(
                     "/auth/login",
-                    &json!({"email": format!("l{i}@example.com"), "password": password}),
+                    &json!({"email": format!("l{i}@example.com"), "password": PASSWORD}),
                 )
             }),
         ),
