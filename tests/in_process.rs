@@ -389,6 +389,14 @@ async fn send_full(h: &Harness, req: Request<Body>) -> (StatusCode, axum::http::
     (status, headers, body)
 }
 
+/// `req` as if it came from `peer` over a socket (what `serve_on` adds).
+fn from_peer(mut req: Request<Body>, peer: &str) -> Request<Body> {
+    let peer: std::net::SocketAddr = format!("{peer}:40000").parse().unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(peer));
+    req
+}
+
 fn get(path: &str) -> Request<Body> {
     Request::get(path).body(Body::empty()).unwrap()
 }
@@ -467,4 +475,165 @@ async fn a_panic_and_a_timeout_still_carry_the_security_headers_and_a_request_id
             assert!(headers.contains_key(name), "{want}: no {name}: {headers:?}");
         }
     }
+}
+
+/// Every limited route group answers 429 past its limit, per client
+/// address; without a peer address (no socket) the per-IP limits do
+/// not apply.
+#[tokio::test]
+async fn each_route_group_is_limited_per_client_and_not_without_a_peer() {
+    let h = Harness::with_vars(&[
+        ("ALVRYN_RATE_LIMIT_SIGNUP", "1/1h"),
+        ("ALVRYN_RATE_LIMIT_LOGIN", "1/1h"),
+        ("ALVRYN_RATE_LIMIT_REFRESH", "1/1h"),
+        ("ALVRYN_RATE_LIMIT_OAUTH", "1/1h"),
+        ("ALVRYN_RATE_LIMIT_BILLING", "1/1h"),
+        ("ALVRYN_RATE_LIMIT_WEBHOOK", "1/1h"),
+    ]);
+    const PASSWORD: &str = "correct horse battery staple";
+    type MakeRequest = Box<dyn Fn(usize) -> Request<Body>>;
+    let routes: Vec<(&str, MakeRequest)> = vec![
+        (
+            "signup",
+            Box::new(|i| {
+                json_post(
+                    "/auth/signup",
+                    &json!({"email": format!("s{i}@example.com"), "password": PASSWORD}),
+                )
+            }),
+        ),
+        (
+            "login",
+            Box::new(|i| {
+                json_post(
+                    "/auth/login",
+                    &json!({"email": format!("l{i}@example.com"), "password": PASSWORD}),
+                )
+            }),
+        ),
+        (
+            "refresh",
+            Box::new(|_| json_post("/auth/refresh", &json!({"refresh_token": "x"}))),
+        ),
+        (
+            "logout",
+            Box::new(|_| json_post("/auth/logout", &json!({"refresh_token": "x"}))),
+        ),
+        ("oauth start", Box::new(|_| get("/auth/oauth/google/start"))),
+        (
+            "oauth callback",
+            Box::new(|_| get("/auth/oauth/google/callback")),
+        ),
+        (
+            "oauth exchange",
+            Box::new(|_| json_post("/auth/oauth/exchange", &json!({"code": "x"}))),
+        ),
+        ("billing", Box::new(|_| get("/billing/subscription"))),
+        (
+            "billing",
+            Box::new(|_| json_post("/billing/checkout", &json!({}))),
+        ),
+        (
+            "webhook",
+            Box::new(|_| json_post("/webhooks/stripe", &json!({}))),
+        ),
+    ];
+    let mut first_of_group = std::collections::HashSet::new();
+    for (i, (name, make)) in routes.iter().enumerate() {
+        // `refresh` and `logout` share a group, as do the OAuth and the
+        // billing routes: only a group's first request is allowed.
+        let group = match *name {
+            "logout" => "refresh",
+            n if n.starts_with("oauth") => "oauth",
+            n => n,
+        };
+        let (status, body, text) = h.send(from_peer(make(i), "203.0.113.7")).await;
+        if first_of_group.insert(group) {
+            assert_ne!(status, StatusCode::TOO_MANY_REQUESTS, "{name}: {text}");
+            let (status, body, text) = h.send(from_peer(make(i + 100), "203.0.113.7")).await;
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{name}: {text}");
+            assert_eq!(code(&body), "rate_limited", "{name}: {text}");
+            // Another client is not limited by the first one's requests.
+            let (status, _, text) = h.send(from_peer(make(i + 200), "198.51.100.8")).await;
+            assert_ne!(status, StatusCode::TOO_MANY_REQUESTS, "{name}: {text}");
+        } else {
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{name}: {text}");
+            assert_eq!(code(&body), "rate_limited", "{name}: {text}");
+        }
+        // Without a peer address, never limited per IP.
+        for j in 0..3 {
+            let (status, _, text) = h.send(make(i + 300 + j)).await;
+            assert_ne!(status, StatusCode::TOO_MANY_REQUESTS, "{name}: {text}");
+        }
+    }
+    // Health checks are never limited.
+    for _ in 0..5 {
+        let (status, _, _) = h.send(from_peer(get("/healthz"), "203.0.113.7")).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
+
+/// The per-account login limit needs no peer address.
+#[tokio::test]
+async fn the_login_account_limit_applies_without_a_peer() {
+    let h = Harness::with_vars(&[("ALVRYN_RATE_LIMIT_LOGIN_ACCOUNT", "2/1h")]);
+    let attempt = |email: &str| {
+        json_post(
+            "/auth/login",
+            &json!({"email": email, "password": "wrong password here"}),
+        )
+    };
+    for _ in 0..2 {
+        let (status, _, text) = h.send(attempt("who@example.com")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{text}");
+    }
+    let (status, body, text) = h.send(attempt("WHO@example.com")).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{text}");
+    assert_eq!(code(&body), "rate_limited");
+    let (status, _, text) = h.send(attempt("other@example.com")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{text}");
+}
+
+/// The store failing (or not answering) under the limiter lets requests
+/// through unlimited, counted and logged: never a 500, never a 429 that
+/// locks everybody out. What needs the store still answers 503.
+#[tokio::test]
+async fn a_failing_rate_limit_store_lets_requests_through_never_a_500() {
+    let h = Harness::with_vars(&[
+        ("ALVRYN_RATE_LIMIT_OAUTH", "1/1h"),
+        ("ALVRYN_RATE_LIMIT_LOGIN", "1/1h"),
+        // Longer than the limiter's own store timeout.
+        ("ALVRYN_REQUEST_TIMEOUT_SECONDS", "5"),
+    ]);
+    // No provider is configured: `start` answers 404 without the store.
+    let start = || from_peer(get("/auth/oauth/google/start"), "203.0.113.9");
+    let (status, body, _) = h.send(start()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(code(&body), "provider_not_configured");
+    let (status, body, _) = h.send(start()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(code(&body), "rate_limited");
+    assert_eq!(h.state.limiter.store_failures(), 0);
+
+    for (mode, failures) in [(Mode::Fail, 1), (Mode::Hang, 2)] {
+        h.set(mode);
+        let (status, body, text) = h.send(start()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{text}");
+        assert_eq!(code(&body), "provider_not_configured", "{text}");
+        assert_eq!(h.state.limiter.store_failures(), failures);
+    }
+    // A login needs the store itself: 503, as without a limiter.
+    h.set(Mode::Fail);
+    let login = json_post(
+        "/auth/login",
+        &json!({"email": "down@example.com", "password": "correct horse battery staple"}),
+    );
+    let (status, body, text) = h.send(from_peer(login, "203.0.113.9")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+    assert_eq!(code(&body), "unavailable", "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+    // Back up: the counts made before the outage still hold.
+    h.set(Mode::Serve);
+    let (status, _, _) = h.send(start()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
 }

@@ -144,61 +144,24 @@ fn signup(addr: SocketAddr, email: &str) -> Response {
     r
 }
 
-/// The routes the server's source declares: every `.route("PATH", ...)`
-/// in `alvryn-server/src/routes/`, with each method its method router
-/// names (`get(...)`, `post(...)`, `.delete(...)`, ...). A route added
-/// there and missing from the header test fails it.
-fn declared_routes() -> BTreeSet<(String, String)> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("alvryn-server/src/routes");
-    let mut routes = BTreeSet::new();
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "rs") {
-            continue;
-        }
-        let source = std::fs::read_to_string(&path).unwrap();
-        let mut rest = source.as_str();
-        while let Some(at) = rest.find(".route(") {
-            rest = &rest[at + ".route(".len()..];
-            // The call's text, up to its closing parenthesis.
-            let mut depth = 1;
-            let end = rest
-                .char_indices()
-                .find_map(|(i, c)| {
-                    match c {
-                        '(' => depth += 1,
-                        ')' => depth -= 1,
-                        _ => {}
-                    }
-                    (depth == 0).then_some(i)
-                })
-                .expect("a closed .route( call");
-            let call = &rest[..end];
-            let route = call
-                .split('"')
-                .nth(1)
-                .expect("a path literal in .route(")
-                .to_owned();
-            let mut found = false;
-            for method in ["get", "post", "put", "patch", "delete"] {
-                let named = call.match_indices(&format!("{method}(")).any(|(i, _)| {
-                    i == 0
-                        || !call.as_bytes()[i - 1].is_ascii_alphanumeric()
-                            && call.as_bytes()[i - 1] != b'_'
-                });
-                if named {
-                    routes.insert((method.to_uppercase(), route.clone()));
-                    found = true;
-                }
-            }
-            assert!(
-                found,
-                "no method found in .route({call}) of {}",
-                path.display()
-            );
-            rest = &rest[end..];
-        }
-    }
+/// The routes the server declares: every operation of its
+/// `/openapi.json` (the router is built from that description, see
+/// `alvryn-server/src/openapi.rs`), and the description itself. A route
+/// added and missing from the header test fails it.
+fn declared_routes(addr: std::net::SocketAddr) -> BTreeSet<(String, String)> {
+    let doc = raw_request(addr, "GET", "/openapi.json", &[], b"").json();
+    let mut routes: BTreeSet<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| (method.to_uppercase(), path.clone()))
+        })
+        .collect();
+    routes.insert(("GET".to_owned(), "/openapi.json".to_owned()));
     assert!(routes.len() >= 10, "{routes:?}");
     routes
 }
@@ -261,6 +224,9 @@ fn every_route_and_every_error_carries_the_security_headers() {
     };
 
     // Operations.
+    let r = raw_request(a, "GET", "/openapi.json", &[], b"");
+    assert!(r.json()["paths"].is_object(), "{}", r.body);
+    seen_all.push(seen(Some(("GET", "/openapi.json")), "openapi", r, 200));
     see(
         &mut seen_all,
         Some(("GET", "/healthz")),
@@ -611,7 +577,7 @@ fn every_route_and_every_error_carries_the_security_headers() {
     }
     assert_eq!(
         exercised,
-        declared_routes(),
+        declared_routes(a),
         "the header test must exercise exactly the routes the server declares"
     );
 

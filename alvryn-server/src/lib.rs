@@ -17,6 +17,7 @@ pub mod extract;
 pub mod keys;
 pub mod migrate;
 pub mod openapi;
+pub mod ratelimit;
 pub mod ready;
 pub mod routes;
 pub mod web;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub billing: Option<Arc<WebhookPipeline>>,
     /// What `/readyz` checks.
     pub readiness: Arc<ready::Readiness>,
+    /// Rate limits, counted in the store.
+    pub limiter: Arc<ratelimit::RateLimiter>,
 }
 
 /// Why the server could not start.
@@ -282,6 +285,10 @@ impl AppState {
             ))),
             _ => None,
         };
+        let limiter = Arc::new(ratelimit::RateLimiter::new(
+            Arc::clone(&store) as _,
+            config.rate_limits.clone(),
+        ));
         let auth = Auth::new(Arc::clone(&store) as _, Arc::new(jwt), hasher)
             .with_grace(config.refresh_grace)
             .with_session_max_age(config.session_max_age);
@@ -302,6 +309,7 @@ impl AppState {
             oauth: oauth.build(),
             billing,
             readiness,
+            limiter,
         }
     }
 }
@@ -383,10 +391,12 @@ impl Parts {
 /// configuration: a body must arrive within the body timeout, and a
 /// request is answered within the request timeout or with 503 `timeout`;
 /// around it all, security headers, CORS, request ids and the access log
-/// ([`web`]). [`serve_on`] adds the connection limits.
+/// ([`web`]). [`serve_on`] adds the connection limits and the peer address
+/// ([`axum::extract::ConnectInfo`], which the per-IP rate limits need).
 pub fn app(state: AppState) -> Router {
     let limits = state.config.limits;
     let config = Arc::clone(&state.config);
+    let limiter = Arc::clone(&state.limiter);
     let router = routes::router().with_state(state).layer(
         tower::ServiceBuilder::new()
             .layer(axum::error_handling::HandleErrorLayer::new(
@@ -401,7 +411,9 @@ pub fn app(state: AppState) -> Router {
             .timeout(limits.request_timeout)
             .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
                 limits.body_timeout,
-            )),
+            ))
+            // For the rate-limit route layer (`ratelimit::by_client_ip`).
+            .layer(axum::Extension(limiter)),
     );
     web::layers(router, &config)
 }
@@ -442,7 +454,8 @@ pub async fn serve(
 /// refusals are logged at most once a minute. A request head is at most
 /// [`MAX_HEAD_BYTES`] and [`MAX_HEADERS`] fields (431); the answers the
 /// HTTP layer gives to requests it cannot parse (400, 414, 431) carry
-/// the API's JSON error body (see [`wire`]).
+/// the API's JSON error body (see [`wire`]). Each request carries its
+/// connection's peer address as [`axum::extract::ConnectInfo`].
 ///
 /// # Errors
 /// [`StartupError::Serve`].
@@ -463,9 +476,9 @@ pub async fn serve_on(
     tracing::info!(%local, "listening");
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors, say: back off, keep serving.
                     refusals.note(&format!("accept failed: {e}"));
@@ -488,7 +501,18 @@ pub async fn serve_on(
             .keep_alive(true)
             .serve_connection(
                 TokioIo::new(wire::JsonErrors::new(stream)),
-                TowerToHyperService::new(app.clone()),
+                TowerToHyperService::new(
+                    tower::ServiceBuilder::new()
+                        .map_request(move |mut req: axum::http::Request<_>| {
+                            // What the per-IP rate limits count by, as
+                            // axum's `into_make_service_with_connect_info`
+                            // provides it.
+                            req.extensions_mut()
+                                .insert(axum::extract::ConnectInfo(peer));
+                            req
+                        })
+                        .service(app.clone()),
+                ),
             );
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

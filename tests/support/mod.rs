@@ -187,8 +187,53 @@ pub fn raw_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Response {
+    send_request(
+        TcpStream::connect(addr).unwrap(),
+        addr,
+        method,
+        path,
+        headers,
+        body,
+    )
+}
+
+/// As [`raw_request`], from the local address `source` (any of
+/// 127.0.0.0/8 on Linux), so a test can be several clients.
+pub fn raw_request_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let stream = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let socket = match source {
+                std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+            }
+            .unwrap();
+            socket.bind(SocketAddr::new(source, 0)).unwrap();
+            let stream = socket.connect(addr).await.unwrap().into_std().unwrap();
+            stream.set_nonblocking(false).unwrap();
+            stream
+        });
+    send_request(stream, addr, method, path, headers, body)
+}
+
+fn send_request(
+    mut s: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     use std::io::Write;
-    let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {

@@ -14,6 +14,8 @@
 //! | `ALVRYN_LOG_FORMAT` | `json` (one JSON object per line) or `text`; default `json` in production, `text` in development |
 //! | `CORS_ORIGINS` | comma-separated browser origins allowed besides `FRONTEND_URL`'s, e.g. `https://admin.example.com` |
 //! | `ALVRYN_SESSION_MAX_AGE` | a session's absolute lifetime from login, seconds or like `90d`; default 90 days, 0 for none |
+//! | `ALVRYN_TRUSTED_PROXIES` | comma-separated address ranges whose `X-Forwarded-For` is believed; default none |
+//! | `ALVRYN_RATE_LIMIT_{SIGNUP,LOGIN,LOGIN_ACCOUNT,REFRESH,OAUTH,BILLING,WEBHOOK}` | each group's limit, `REQUESTS/WINDOW` like `30/5m`, or `off`; see [`crate::ratelimit`] |
 //! | `BACKEND_URL`, `FRONTEND_URL` | public URLs of this server and of the web app |
 //! | `STRIPE_SECRET_KEY`, `STRIPE_WEBHOOK_SECRET` | Stripe API key (`sk_`/`rk_`) and webhook signing secret (`whsec_`) |
 //! | `STRIPE_PRICE_MAP` / `STRIPE_PRICE_MAP_JSON` | which plan each price grants: `price_a:pro,price_b:team` or JSON |
@@ -42,6 +44,8 @@ use alvryn_core::oauth::oidc::IssuerRule;
 use alvryn_core::oauth::{Provider, ProviderSettings};
 use alvryn_core::secret::{SecretBytes, SecretString};
 use url::Url;
+
+use crate::ratelimit::{Group, Limit, RateLimitSettings, TrustedProxies};
 
 /// Shortest JWT secret accepted, in bytes.
 pub const MIN_JWT_SECRET_LEN: usize = 32;
@@ -217,6 +221,9 @@ pub struct Config {
     /// How long connections and requests may take, and how many
     /// connections may be open at once.
     pub limits: ConnectionLimits,
+    /// Rate limits per route group and the trusted proxies
+    /// (`ALVRYN_RATE_LIMIT_*`, `ALVRYN_TRUSTED_PROXIES`).
+    pub rate_limits: RateLimitSettings,
     /// Public URL of this server.
     pub backend_url: Url,
     /// Public URL of the web app (CORS origin, redirects).
@@ -575,6 +582,31 @@ impl Reader<'_> {
         limits
     }
 
+    /// `ALVRYN_TRUSTED_PROXIES` and each group's `ALVRYN_RATE_LIMIT_*`.
+    fn rate_limits(&mut self) -> RateLimitSettings {
+        const PROXIES: &str = "ALVRYN_TRUSTED_PROXIES";
+        let mut settings = RateLimitSettings::default();
+        if let Some(list) = self.text(PROXIES) {
+            match TrustedProxies::parse(&list) {
+                Ok(t) => settings.trusted_proxies = t,
+                Err(problems) => {
+                    for p in problems {
+                        self.problem(PROXIES, p);
+                    }
+                }
+            }
+        }
+        for group in Group::ALL {
+            if let Some(text) = self.text(group.var()) {
+                match Limit::parse(&text) {
+                    Ok(limit) => settings.set(group, limit),
+                    Err(message) => self.problem(group.var(), message),
+                }
+            }
+        }
+        settings
+    }
+
     fn field_keys(&mut self) -> Option<FieldKeys> {
         const RAW: &str = "FIELD_ENCRYPTION_KEY";
         const ENC: &str = "FIELD_ENCRYPTION_KEY_ENC";
@@ -881,6 +913,7 @@ impl Config {
             }
         };
         let limits = r.limits();
+        let rate_limits = r.rate_limits();
         let backend_url = r.url("BACKEND_URL");
         let frontend_url = r.url("FRONTEND_URL");
         let cors_origins = r.cors_origins();
@@ -960,6 +993,7 @@ impl Config {
             refresh_grace,
             session_max_age,
             limits,
+            rate_limits,
             backend_url,
             frontend_url,
             cors_origins,
@@ -1041,6 +1075,29 @@ impl Config {
                 |d| humantime::format_duration(d).to_string(),
             ),
         );
+        m.insert(
+            "ALVRYN_TRUSTED_PROXIES",
+            if self.rate_limits.trusted_proxies.is_empty() {
+                "none; X-Forwarded-For is ignored".to_owned()
+            } else {
+                let ranges: Vec<String> = self
+                    .rate_limits
+                    .trusted_proxies
+                    .ranges()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                ranges.join(",")
+            },
+        );
+        for group in Group::ALL {
+            m.insert(
+                group.var(),
+                self.rate_limits
+                    .limit(group)
+                    .map_or_else(|| "off".to_owned(), |l| l.to_string()),
+            );
+        }
         m.insert("BACKEND_URL", self.backend_url.to_string());
         m.insert("FRONTEND_URL", self.frontend_url.to_string());
         m.insert("CORS_ORIGINS", self.allowed_origins().join(","));

@@ -615,3 +615,89 @@ fn the_log_format_defaults_by_mode_and_refuses_anything_else() {
     assert_eq!(lookup(HashMap::new()), LogFormat::Text);
     assert_eq!(lookup(env), LogFormat::Json);
 }
+
+#[test]
+fn rate_limits_default_to_the_documented_values() {
+    use crate::ratelimit::Group;
+    let cfg = load(&HashMap::new()).unwrap();
+    let limit = |g| cfg.rate_limits.limit(g).map(|l| l.to_string());
+    assert_eq!(limit(Group::Signup).as_deref(), Some("30 per 1h"));
+    assert_eq!(limit(Group::Login).as_deref(), Some("30 per 5m"));
+    assert_eq!(limit(Group::LoginAccount).as_deref(), Some("10 per 5m"));
+    assert_eq!(limit(Group::Refresh).as_deref(), Some("150 per 5m"));
+    assert_eq!(limit(Group::OAuth).as_deref(), Some("90 per 5m"));
+    assert_eq!(limit(Group::Billing).as_deref(), Some("100 per 5m"));
+    assert_eq!(limit(Group::Webhook), None);
+    assert!(cfg.rate_limits.trusted_proxies.is_empty());
+    let described = cfg.describe();
+    assert_eq!(described["ALVRYN_RATE_LIMIT_LOGIN"], "30 per 5m");
+    assert_eq!(described["ALVRYN_RATE_LIMIT_WEBHOOK"], "off");
+    assert!(described["ALVRYN_TRUSTED_PROXIES"].contains("ignored"));
+}
+
+#[test]
+fn rate_limits_and_trusted_proxies_are_read() {
+    use crate::ratelimit::Group;
+    let mut env = production();
+    env.insert(
+        "ALVRYN_TRUSTED_PROXIES",
+        "10.0.0.0/8, 127.0.0.1,fd00::/8".into(),
+    );
+    env.insert("ALVRYN_RATE_LIMIT_LOGIN", "5/90s".into());
+    env.insert("ALVRYN_RATE_LIMIT_REFRESH", "off".into());
+    env.insert("ALVRYN_RATE_LIMIT_WEBHOOK", "1000/1m".into());
+    let cfg = load(&env).unwrap();
+    let r = &cfg.rate_limits;
+    assert_eq!(r.trusted_proxies.ranges().len(), 3);
+    assert!(r.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+    let login = r.limit(Group::Login).unwrap();
+    assert_eq!(
+        (login.requests, login.window),
+        (5, std::time::Duration::from_secs(90))
+    );
+    assert_eq!(r.limit(Group::Refresh), None);
+    assert_eq!(r.limit(Group::Webhook).unwrap().requests, 1000);
+    // Unset groups keep their defaults.
+    assert_eq!(r.limit(Group::Signup), Group::Signup.default_limit());
+    let described = cfg.describe();
+    assert_eq!(
+        described["ALVRYN_TRUSTED_PROXIES"],
+        "10.0.0.0/8,127.0.0.1/32,fd00::/8"
+    );
+    assert_eq!(described["ALVRYN_RATE_LIMIT_REFRESH"], "off");
+    assert_eq!(described["ALVRYN_RATE_LIMIT_LOGIN"], "5 per 1m 30s");
+}
+
+#[test]
+fn bad_rate_limits_and_proxies_are_reported_together() {
+    let mut env = production();
+    env.insert(
+        "ALVRYN_TRUSTED_PROXIES",
+        "10.0.0.1/8,not-a-range,0.0.0.0/0".into(),
+    );
+    env.insert("ALVRYN_RATE_LIMIT_LOGIN", "thirty per minute".into());
+    env.insert("ALVRYN_RATE_LIMIT_SIGNUP", "0/1h".into());
+    env.insert("ALVRYN_RATE_LIMIT_LOGIN_ACCOUNT", "10/2d".into());
+    env.insert("ALVRYN_RATE_LIMIT_OAUTH", "10".into());
+    env.insert("JWT_AUDIENCE", "\u{7}".into());
+    let p = problems_for(&env);
+    assert!(has(&p, "ALVRYN_TRUSTED_PROXIES", "host bits"), "{p:?}");
+    assert!(has(&p, "ALVRYN_TRUSTED_PROXIES", "entry 2"), "{p:?}");
+    assert!(has(&p, "ALVRYN_TRUSTED_PROXIES", "every address"), "{p:?}");
+    for var in [
+        "ALVRYN_RATE_LIMIT_LOGIN",
+        "ALVRYN_RATE_LIMIT_SIGNUP",
+        "ALVRYN_RATE_LIMIT_LOGIN_ACCOUNT",
+        "ALVRYN_RATE_LIMIT_OAUTH",
+    ] {
+        assert!(has(&p, var, "REQUESTS/WINDOW like 30/5m"), "{var}: {p:?}");
+    }
+    // Reported with the other problems, never echoing what was given.
+    assert!(has(&p, "JWT_AUDIENCE", "printable"), "{p:?}");
+    assert_eq!(p.len(), 8, "{p:?}");
+    let text = ConfigError { problems: p }.to_string();
+    assert!(
+        !text.contains("not-a-range") && !text.contains("thirty"),
+        "{text}"
+    );
+}

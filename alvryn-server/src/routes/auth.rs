@@ -21,6 +21,7 @@ use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam};
 use crate::openapi::ErrorBody;
+use crate::ratelimit::Verdict;
 
 /// The routes.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -171,6 +172,12 @@ async fn login(
     headers: HeaderMap,
     JsonBody(c): JsonBody<Credentials>,
 ) -> Result<Response, ApiError> {
+    // The account's own limit (its client's is counted before the body
+    // is read), before any password work: counted by the email whether
+    // or not an account has it, so a 429 reveals nothing about accounts.
+    if let Verdict::Limited(quota) = s.limiter.login_account(&c.email).await {
+        return Ok(quota.refusal());
+    }
     let issued = s
         .auth
         .login(&c.email, &c.password, user_agent(&headers))

@@ -14,8 +14,9 @@ use crate::extract::MAX_BODY_BYTES;
 use crate::{ApiError, AppState};
 
 /// Every route; unknown paths and methods answer JSON errors, bodies are
-/// capped, panics become a JSON 500. `GET /openapi.json` describes them
-/// all (see [`crate::openapi`]).
+/// capped, panics become a JSON 500, public routes are rate limited
+/// ([`crate::ratelimit`]). `GET /openapi.json` describes them all (see
+/// [`crate::openapi`]).
 pub fn router() -> Router<AppState> {
     let (routes, api) = utoipa_axum::router::OpenApiRouter::new()
         .merge(ops::router())
@@ -44,6 +45,9 @@ pub fn router() -> Router<AppState> {
                 "this method is not allowed here",
             )
         })
+        // Innermost, on matched routes only: a 429 still passes every
+        // layer below (logging, headers, panics).
+        .route_layer(axum::middleware::from_fn(crate::ratelimit::by_client_ip))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(head_limits))
         // Requests are logged by `crate::web` (one access line each, no
