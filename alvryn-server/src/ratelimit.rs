@@ -319,8 +319,9 @@ impl Default for RateLimitSettings {
 }
 
 impl RateLimitSettings {
+    /// `Group::ALL` lists the groups in declaration order.
     fn index(group: Group) -> usize {
-        Group::ALL.iter().position(|g| *g == group).unwrap_or(0)
+        group as usize
     }
 
     /// The group's limit; `None` is unlimited.
@@ -440,8 +441,8 @@ pub struct Quota {
 
 impl Quota {
     /// Adds `RateLimit-Limit`, `RateLimit-Remaining` and
-    /// `RateLimit-Reset`, unless a response already has them (a stricter
-    /// limit set them).
+    /// `RateLimit-Reset`, unless a response already has them (the
+    /// per-account login limit's refusal carries its own).
     pub fn add_headers(&self, headers: &mut HeaderMap) {
         let limit = HeaderName::from_static("ratelimit-limit");
         if headers.contains_key(&limit) {

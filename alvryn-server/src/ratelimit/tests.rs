@@ -284,7 +284,10 @@ fn routes_belong_to_their_groups_and_health_checks_to_none() {
     for (path, group) in cases {
         assert_eq!(Group::of_route(path), group, "{path}");
     }
-    // Every group has its own variable and counter name.
+    // Every group has its own slot, variable and counter name.
+    for (i, g) in Group::ALL.iter().enumerate() {
+        assert_eq!(*g as usize, i, "{g:?}");
+    }
     let vars: std::collections::HashSet<_> = Group::ALL.iter().map(|g| g.var()).collect();
     let names: std::collections::HashSet<_> = Group::ALL.iter().map(|g| g.name()).collect();
     assert_eq!(vars.len(), Group::ALL.len());
