@@ -759,7 +759,18 @@ fn cors_allows_the_listed_origins_with_credentials_and_nothing_else() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(all(&r, "access-control-allow-origin"), [FRONTEND]);
     assert_eq!(all(&r, "access-control-allow-credentials"), ["true"]);
-    assert!(lower_list(&r, "access-control-expose-headers").contains(&"x-request-id".to_owned()));
+    let exposed = lower_list(&r, "access-control-expose-headers");
+    for name in [
+        "x-request-id",
+        "retry-after",
+        "ratelimit-remaining",
+        "ratelimit-reset",
+    ] {
+        assert!(
+            exposed.contains(&name.to_owned()),
+            "{name} not exposed: {exposed:?}"
+        );
+    }
 
     // Stripe's webhook calls come from no browser: no Origin, no CORS,
     // the route answers for itself.

@@ -145,6 +145,10 @@ fn cors(config: &Config) -> CorsLayer {
         .expose_headers([
             HeaderName::from_static(REQUEST_ID),
             axum::http::header::RETRY_AFTER,
+            // The rate limits' budget (`crate::ratelimit`).
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderName::from_static("ratelimit-reset"),
         ])
         .max_age(CORS_MAX_AGE)
 }
