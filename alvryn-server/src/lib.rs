@@ -7,6 +7,7 @@
 //! [`cli`].
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod billing;
 pub mod cli;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod extract;
 pub mod keys;
 pub mod migrate;
 pub mod routes;
+pub mod smoke;
 pub mod wire;
 
 use std::future::Future;
