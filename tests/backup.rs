@@ -294,9 +294,11 @@ fn a_backup_taken_under_write_load_restores_every_account_made_before_it() {
     assert!(refused.stderr.contains("in use"), "{}", refused.stderr);
     assert_eq!(login_status(a.addr, "after@example.com"), 200);
     assert!(
-        std::fs::read_dir(&data_a)
+        std::fs::read_dir(&data_a).unwrap().all(|e| !e
             .unwrap()
-            .all(|e| !e.unwrap().file_name().to_string_lossy().contains("before-restore")),
+            .file_name()
+            .to_string_lossy()
+            .contains("before-restore")),
         "a refused restore kept something aside"
     );
 
@@ -372,7 +374,11 @@ fn a_restore_keeps_the_database_it_replaces_and_refuses_what_is_not_a_backup() {
             "{}",
             r.stderr
         );
-        assert_eq!(files_now(), untouched, "a refused restore changed the data folder");
+        assert_eq!(
+            files_now(),
+            untouched,
+            "a refused restore changed the data folder"
+        );
     }
     let missing = restore(&dir.path().join("nope.db"), &data, true);
     assert_eq!(missing.code, 1, "{}", missing.stderr);
@@ -533,7 +539,11 @@ fn a_mongodb_backup_runs_mongodump_with_the_uri_in_a_private_config_file() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(left, vec![name], "the config file or a partial archive remains");
+    assert_eq!(
+        left,
+        vec![name],
+        "the config file or a partial archive remains"
+    );
 
     // mongodump failing: exit 1, no archive, no config file left.
     let out2 = dir.path().join("out2");

@@ -167,10 +167,8 @@ pub async fn restore(config: Config, file: PathBuf, force: bool) -> ExitCode {
     };
     let result = {
         let (file, db, previous) = (file.clone(), db.clone(), previous.clone());
-        tokio::task::spawn_blocking(move || {
-            sqlite_backup::restore(&file, &db, previous.as_deref())
-        })
-        .await
+        tokio::task::spawn_blocking(move || sqlite_backup::restore(&file, &db, previous.as_deref()))
+            .await
     };
     match result {
         Ok(Ok(snapshot)) => {

@@ -131,7 +131,10 @@ impl Client {
         }
         let resp = req.send().await.map_err(|e| transport(&e, self.timeout))?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| transport(&e, self.timeout))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport(&e, self.timeout))?;
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok(Answer { status, body })
     }
@@ -144,8 +147,13 @@ impl Client {
     }
 
     async fn post(&self, path: &str, body: &Value) -> Result<Answer, String> {
-        self.call(reqwest::Method::POST, path, Some(body.to_string().into_bytes()), &[])
-            .await
+        self.call(
+            reqwest::Method::POST,
+            path,
+            Some(body.to_string().into_bytes()),
+            &[],
+        )
+        .await
     }
 }
 
