@@ -489,6 +489,25 @@ pub fn parse_event(payload: &[u8]) -> Result<WebhookEvent, EventError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_signed_delivery_verifies_and_a_changed_one_does_not() {
+        let secret = SecretString::from("whsec_sign_round_trip");
+        let secrets = WebhookSecrets::parse(secret.expose()).unwrap();
+        let header = sign(BODY, &secret, T);
+        assert!(verify(BODY, Some(&header), &secrets, DEFAULT_TOLERANCE, T + 10).is_ok());
+        let mut changed = BODY.to_vec();
+        changed[10] ^= 1;
+        assert!(matches!(
+            verify(&changed, Some(&header), &secrets, DEFAULT_TOLERANCE, T + 10),
+            Err(SignatureError::NoMatchingSignature)
+        ));
+        // The known-answer vector above, through `sign`.
+        assert_eq!(
+            sign(BODY, &SecretString::from(SECRET_1), T),
+            format!("t={T},v1={SIG_1}")
+        );
+    }
+
     // Known-answer vector, computed independently of this code with
     // Python's standard library:
     //   python3 -c 'import hmac,hashlib; print(hmac.new(

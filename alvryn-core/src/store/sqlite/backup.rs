@@ -470,3 +470,68 @@ fn keep_aside(db: &Path, previous: &Path) -> Result<(), BackupError> {
         .and_then(|f| f.sync_all())
         .map_err(io(previous))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::store::StoreError;
+    use crate::store::sqlite::SqliteStore;
+
+    #[tokio::test]
+    async fn the_lock_file_keeps_a_restore_and_every_opener_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("alvryn.db");
+        let store = SqliteStore::open(&db).await.unwrap();
+        let copy = dir.path().join("copy.db");
+        // A backup beside an open handle: both hold the lock shared.
+        let snapshot = backup(&db, &copy).unwrap();
+        assert_eq!((snapshot.users, snapshot.path.clone()), (0, copy.clone()));
+        // A second backup never overwrites the first.
+        assert!(matches!(backup(&db, &copy), Err(BackupError::Exists(_))));
+        // An open handle, even in this process, refuses a restore.
+        assert!(matches!(
+            restore(&copy, &db, Some(&dir.path().join("kept"))),
+            Err(BackupError::InUse(_))
+        ));
+        drop(store);
+        // The writer thread lets go of the lock once its connection is
+        // closed, a moment after the last handle drops.
+        let mut held = lock_exclusive(&db);
+        for _ in 0..100 {
+            if held.is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            held = lock_exclusive(&db);
+        }
+        let held = held.expect("the lock is released after the last handle");
+        // While a restore holds it, neither the store nor a backup opens.
+        assert!(matches!(
+            SqliteStore::open(&db).await,
+            Err(StoreError::Unavailable(_))
+        ));
+        assert!(matches!(
+            backup(&db, &dir.path().join("other.db")),
+            Err(BackupError::RestoreInProgress(_))
+        ));
+        drop(held);
+        SqliteStore::open(&db).await.unwrap();
+    }
+
+    #[test]
+    fn a_failed_backup_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("alvryn.db");
+        std::fs::write(&db, b"not a database at all, not even close to one").unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        assert!(backup(&db, &out.join("b.db")).is_err());
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+        assert!(matches!(
+            backup(&dir.path().join("missing.db"), &out.join("b.db")),
+            Err(BackupError::NoDatabase(_))
+        ));
+    }
+}
