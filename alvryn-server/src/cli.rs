@@ -87,7 +87,7 @@ pub struct RestoreArgs {
 /// `alvryn smoke`
 #[derive(Debug, Args)]
 pub struct SmokeArgs {
-    /// The server's URL, e.g. https://api.example.com.
+    /// The server's URL, e.g. `https://api.example.com`.
     #[arg(long)]
     pub url: url::Url,
     /// The Stripe webhook signing secret (whsec_...): also send a signed
