@@ -4,7 +4,7 @@
 #
 #   docker build -t alvryn .
 #   docker run --env-file .env -p 127.0.0.1:8080:8080 alvryn      # server
-#   docker run --env-file .env alvryn worker                       # worker
+#   docker run --env-file .env --no-healthcheck alvryn worker      # worker (serves no HTTP)
 #   docker run --rm alvryn keys generate                           # any other command
 #
 # No secret is baked in: every setting comes from the environment at run
