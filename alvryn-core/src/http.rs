@@ -1,6 +1,8 @@
 //! The one way this crate builds an outbound HTTP client: reqwest is
 //! compiled with `rustls-tls-no-provider`, so every client must be given
 //! its TLS configuration (rustls on aws-lc-rs, the webpki roots) here.
+//! Embedders and the server's own outbound checks (`alvryn smoke`) use
+//! [`client`] too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +13,7 @@ use std::time::Duration;
 /// # Errors
 /// A description when the TLS configuration or the client cannot be
 /// built (only if aws-lc-rs offers no safe protocol version).
-pub(crate) fn client(timeout: Duration) -> Result<reqwest::Client, String> {
+pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),

@@ -32,7 +32,7 @@ pub mod auth;
 pub mod billing;
 pub mod crypto;
 #[cfg(any(feature = "oauth", feature = "stripe"))]
-mod http;
+pub mod http;
 pub mod key;
 #[cfg(feature = "oauth")]
 pub mod oauth;

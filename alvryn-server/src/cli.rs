@@ -48,6 +48,67 @@ pub enum Command {
     /// Stripe webhook events: list them, replay them from the archive.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Back up the store online: the embedded database (checked copy), or
+    /// MongoDB with mongodump; prints the backup's path.
+    Backup(BackupArgs),
+    /// Replace the embedded database with a backup (refused while a
+    /// server or another command has it open).
+    Restore(RestoreArgs),
+    /// Post-deploy check of a running server: one PASS/FAIL line per step,
+    /// exit 1 on any failure.
+    Smoke(SmokeArgs),
+}
+
+/// `alvryn backup`
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Folder for the embedded store and development secrets.
+    #[arg(long, env = "ALVRYN_DATA_DIR", default_value = "./alvryn-data")]
+    pub data_dir: PathBuf,
+    /// Folder to write the backup to (default: `backups` in the data folder).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+/// `alvryn restore`
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file (`alvryn-YYYYMMDDTHHMMSSZ.db`).
+    pub file: PathBuf,
+    /// Folder for the embedded store and development secrets.
+    #[arg(long, env = "ALVRYN_DATA_DIR", default_value = "./alvryn-data")]
+    pub data_dir: PathBuf,
+    /// Replace an existing database (it is kept as
+    /// `alvryn.db.before-restore-<time>`).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `alvryn smoke`
+#[derive(Debug, Args)]
+pub struct SmokeArgs {
+    /// The server's URL, e.g. `https://api.example.com`.
+    #[arg(long)]
+    pub url: url::Url,
+    /// The Stripe webhook signing secret (whsec_...): also send a signed
+    /// test event (ignored by the pipeline) and a forged one.
+    #[arg(long, value_parser = parse_secret, conflicts_with = "webhook_secret_file")]
+    pub webhook_secret: Option<alvryn_core::SecretString>,
+    /// Read the webhook signing secret from this file's first line
+    /// instead (keeps it out of the process list).
+    #[arg(long)]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Time allowed for each request.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Only check /healthz (a container health check).
+    #[arg(long)]
+    pub health_only: bool,
+}
+
+/// Never fails, so clap never echoes a secret in an error message.
+fn parse_secret(s: &str) -> Result<alvryn_core::SecretString, std::convert::Infallible> {
+    Ok(alvryn_core::SecretString::from(s))
 }
 
 /// `alvryn events ...`
@@ -282,7 +343,43 @@ pub async fn run(cli: Cli) -> ExitCode {
             crate::migrate::run(config, migration, options).await
         }
         Command::Events(command) => events(command).await,
+        Command::Backup(args) => match load_config(&Overrides {
+            bind: None,
+            data_dir: Some(args.data_dir),
+        }) {
+            Ok(config) => crate::backup::backup(config, args.output).await,
+            Err(code) => code,
+        },
+        Command::Restore(args) => match load_config(&Overrides {
+            bind: None,
+            data_dir: Some(args.data_dir),
+        }) {
+            Ok(config) => crate::backup::restore(config, args.file, args.force).await,
+            Err(code) => code,
+        },
+        Command::Smoke(args) => smoke(args).await,
     }
+}
+
+async fn smoke(args: SmokeArgs) -> ExitCode {
+    let webhook_secret = match (args.webhook_secret, &args.webhook_secret_file) {
+        (Some(s), _) => Some(s),
+        (None, Some(path)) => match crate::smoke::read_secret_file(path) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("alvryn: --webhook-secret-file: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        },
+        (None, None) => None,
+    };
+    crate::smoke::run(crate::smoke::SmokeOptions {
+        url: args.url,
+        webhook_secret,
+        timeout: args.timeout,
+        health_only: args.health_only,
+    })
+    .await
 }
 
 async fn events(command: EventsCommand) -> ExitCode {

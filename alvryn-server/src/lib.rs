@@ -7,6 +7,7 @@
 //! [`cli`].
 #![warn(missing_docs)]
 
+pub mod backup;
 pub mod billing;
 pub mod cli;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod openapi;
 pub mod ratelimit;
 pub mod ready;
 pub mod routes;
+pub mod smoke;
 pub mod web;
 pub mod wire;
 

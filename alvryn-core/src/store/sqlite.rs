@@ -33,6 +33,10 @@
 //! * The commit fails (disk full, I/O error, the lock not obtained in
 //!   5 s): every write of that group gets [`StoreError::Unavailable`] and
 //!   none of them is applied.
+//! * A restore is replacing the file ([`backup::restore`]):
+//!   [`StoreError::Unavailable`] at [`SqliteStore::open`]. Every handle
+//!   holds a shared lock on the database's lock file while it is open;
+//!   see [`backup`].
 //! * The writer thread is gone (it never panics on a write; a panicking
 //!   write is rolled back and answered as unavailable):
 //!   [`StoreError::Unavailable`].
@@ -56,6 +60,8 @@ use crate::billing::PlanName;
 use crate::crypto::ledger::grant;
 use crate::crypto::{KeyFingerprint, LedgerError, Reservation, UsageLedger};
 use crate::secret::SecretBytes;
+
+pub mod backup;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many have run. Never edit one that has shipped: append.
@@ -190,6 +196,9 @@ struct Inner {
     path: PathBuf,
     writes: tokio::sync::mpsc::Sender<Job>,
     readers: Mutex<Vec<Connection>>,
+    /// The shared lock on the database's lock file (see [`backup`]),
+    /// also held by the writer thread until its connection is closed.
+    _lock: Arc<std::fs::File>,
 }
 
 /// The embedded SQLite store. Cheap to clone; clones share the writer and
@@ -231,24 +240,33 @@ impl SqliteStore {
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_owned();
         let p = path.clone();
-        let (writer, reader) =
-            tokio::task::spawn_blocking(move || -> Result<(Connection, Connection), StoreError> {
+        let (lock, writer, reader) = tokio::task::spawn_blocking(
+            move || -> Result<(std::fs::File, Connection, Connection), StoreError> {
+                let lock = backup::lock_shared(&p).map_err(StoreError::unavailable)?;
                 let w = open_writer(&p)?;
                 let r = open_reader(&p)?;
-                Ok((w, r))
-            })
-            .await
-            .map_err(StoreError::unavailable)??;
+                Ok((lock, w, r))
+            },
+        )
+        .await
+        .map_err(StoreError::unavailable)??;
+        let lock = Arc::new(lock);
+        let writer_lock = Arc::clone(&lock);
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Job>(MAX_QUEUED_WRITES);
         std::thread::Builder::new()
             .name("alvryn-sqlite-writer".into())
-            .spawn(move || write_loop(&writer, &mut rx))
+            .spawn(move || {
+                write_loop(&writer, &mut rx);
+                drop(writer);
+                drop(writer_lock);
+            })
             .map_err(StoreError::unavailable)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
                 writes: tx,
                 readers: Mutex::new(vec![reader]),
+                _lock: lock,
             }),
         })
     }
