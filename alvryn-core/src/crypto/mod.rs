@@ -487,6 +487,39 @@ impl FieldCipher {
         }
     }
 
+    /// Reads the active key's count from the usage ledger (every
+    /// process's reservations) and publishes it, with the key's limit, as
+    /// the gauges `field_encryptions{key_id}` and
+    /// `field_encryption_limit{key_id}` (the key's fingerprint, never its
+    /// material). Encryptions publish them too, at each reservation; this
+    /// is for a scrape, so a process that has not encrypted yet still
+    /// shows the key's count.
+    ///
+    /// # Errors
+    /// [`CipherError::Ledger`] when the ledger cannot be read; nothing is
+    /// published.
+    pub async fn publish_usage(&self) -> Result<KeyUsage, CipherError> {
+        let a = &self.inner.active;
+        let total = self
+            .inner
+            .ledger
+            .reserved(&a.fingerprint)
+            .await
+            .map_err(CipherError::Ledger)?;
+        a.reserved_total.fetch_max(total, Ordering::AcqRel);
+        self.set_usage_gauges(a.reserved_total.load(Ordering::Acquire));
+        Ok(self.usage())
+    }
+
+    #[allow(clippy::cast_precision_loss)]
+    fn set_usage_gauges(&self, total: u64) {
+        let id = self.inner.active.fingerprint.as_str().to_owned();
+        metrics::gauge!(crate::metrics::FIELD_ENCRYPTIONS, "key_id" => id.clone())
+            .set(total as f64);
+        metrics::gauge!(crate::metrics::FIELD_ENCRYPTION_LIMIT, "key_id" => id)
+            .set(self.inner.limit as f64);
+    }
+
     /// The key id a ciphertext (text form) names, without decrypting it.
     /// For migrations that look for values still under an old key.
     #[must_use]
@@ -555,6 +588,7 @@ impl FieldCipher {
                     a.reserved_total.fetch_max(r.total, Ordering::AcqRel);
                     a.granted_here.fetch_add(usable, Ordering::AcqRel);
                     a.slots.add(usable);
+                    self.set_usage_gauges(a.reserved_total.load(Ordering::Acquire));
                     if r.total >= self.inner.limit / 10 * 9 {
                         tracing::warn!(
                             key_id = %a.id,
@@ -568,6 +602,7 @@ impl FieldCipher {
                     a.exhausted.store(true, Ordering::Release);
                     a.reserved_total
                         .fetch_max(self.inner.limit, Ordering::AcqRel);
+                    self.set_usage_gauges(self.inner.limit);
                     tracing::error!(key_id = %a.id, "field-encryption key exhausted; rotate it");
                 }
                 Err(e) => return Err(CipherError::Ledger(e)),
