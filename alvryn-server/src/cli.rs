@@ -48,6 +48,21 @@ pub enum Command {
     /// Stripe webhook events: list them, replay them from the archive.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Run the background jobs (archive drain, webhook retries, purge)
+    /// under store leases, and serve /metrics and /healthz.
+    Worker(WorkerArgs),
+}
+
+/// `alvryn worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Where to serve /metrics and /healthz (default 127.0.0.1:9091, or
+    /// ALVRYN_WORKER_METRICS_BIND).
+    #[arg(long)]
+    pub metrics_bind: Option<SocketAddr>,
+    /// Folder for the embedded store.
+    #[arg(long, env = "ALVRYN_DATA_DIR", default_value = "./alvryn-data")]
+    pub data_dir: PathBuf,
 }
 
 /// `alvryn events ...`
@@ -219,6 +234,25 @@ pub async fn run(cli: Cli) -> ExitCode {
             crate::migrate::run(config, migration, options).await
         }
         Command::Events(command) => events(command).await,
+        Command::Worker(args) => worker(args).await,
+    }
+}
+
+async fn worker(args: WorkerArgs) -> ExitCode {
+    let config = match load_config(&Overrides {
+        bind: None,
+        data_dir: Some(args.data_dir),
+    }) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let bind = args.metrics_bind.unwrap_or(config.worker.metrics_bind);
+    match crate::worker::run(config, bind, crate::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("alvryn: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 
@@ -304,6 +338,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    // Before anything is counted.
+    crate::prometheus::install();
     let state = match AppState::new(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -311,16 +347,13 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    // Webhook events that failed to apply are tried again in the
-    // background (one process at a time, under a store lease).
-    let retry = state
-        .billing
-        .clone()
-        .map(|p| crate::billing::spawn_retry_loop(p, std::time::Duration::from_secs(15)));
-    let served = crate::serve_on(listener, state, crate::shutdown_signal()).await;
-    if let Some(r) = retry {
-        r.abort();
+    if state.billing.is_some() {
+        tracing::info!(
+            "webhook events that fail to apply are retried, and raw events S3 missed are \
+             uploaded, by `alvryn worker`: run at least one next to the servers"
+        );
     }
+    let served = crate::serve_on(listener, state, crate::shutdown_signal()).await;
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -16,8 +16,10 @@ pub mod events;
 pub mod extract;
 pub mod keys;
 pub mod migrate;
+pub mod prometheus;
 pub mod routes;
 pub mod wire;
+pub mod worker;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -343,25 +345,32 @@ impl Parts {
 /// The HTTP application, with the per-request limits of the
 /// configuration: a body must arrive within the body timeout, and a
 /// request is answered within the request timeout or with 503 `timeout`.
+/// Every request is counted and timed ([`prometheus::track`]; the
+/// recorder is installed here if it is not yet).
 /// [`serve_on`] adds the connection limits.
 pub fn app(state: AppState) -> Router {
     let limits = state.config.limits;
-    routes::router().with_state(state).layer(
-        tower::ServiceBuilder::new()
-            .layer(axum::error_handling::HandleErrorLayer::new(
-                |_: tower::BoxError| async {
-                    ApiError::new(
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        "timeout",
-                        "the request took too long; try again",
-                    )
-                },
-            ))
-            .timeout(limits.request_timeout)
-            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-                limits.body_timeout,
-            )),
-    )
+    prometheus::install();
+    routes::router()
+        .with_state(state)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(
+                    |_: tower::BoxError| async {
+                        ApiError::new(
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "timeout",
+                            "the request took too long; try again",
+                        )
+                    },
+                ))
+                .timeout(limits.request_timeout)
+                .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+                    limits.body_timeout,
+                )),
+        )
+        // Outermost: requests the timeout answers are counted too.
+        .layer(axum::middleware::from_fn(prometheus::track))
 }
 
 /// Binds `addr` (port 0 picks a free one; read it back with
