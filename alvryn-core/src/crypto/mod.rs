@@ -203,6 +203,8 @@ struct Inner {
     /// The largest block.
     block: u64,
     limit: u64,
+    /// Whether encryptions publish the usage gauges.
+    publish: bool,
 }
 
 /// Encrypts and decrypts individual fields. Cheap to clone; share one.
@@ -231,6 +233,7 @@ pub struct FieldCipherBuilder {
     first_block: u64,
     block: u64,
     limit: u64,
+    publish: bool,
 }
 
 impl FieldCipherBuilder {
@@ -257,6 +260,16 @@ impl FieldCipherBuilder {
     #[must_use]
     pub fn first_block(mut self, first: u64) -> Self {
         self.first_block = first.max(1);
+        self
+    }
+
+    /// Whether this cipher publishes its key's usage as the
+    /// `field_encryptions` and `field_encryption_limit` gauges (default
+    /// yes). Off for a cipher whose key protects nothing, such as a
+    /// start-up self-test's, so it never shows up next to the real keys.
+    #[must_use]
+    pub fn publish_metrics(mut self, publish: bool) -> Self {
+        self.publish = publish;
         self
     }
 
@@ -311,6 +324,7 @@ impl FieldCipherBuilder {
                 ledger: self.ledger,
                 block: self.block,
                 limit: self.limit,
+                publish: self.publish,
             }),
         })
     }
@@ -455,6 +469,7 @@ impl FieldCipher {
             first_block: DEFAULT_FIRST_BLOCK,
             block: DEFAULT_BLOCK,
             limit: MAX_ENCRYPTIONS_PER_KEY,
+            publish: true,
         }
     }
 
@@ -513,6 +528,9 @@ impl FieldCipher {
 
     #[allow(clippy::cast_precision_loss)]
     fn set_usage_gauges(&self, total: u64) {
+        if !self.inner.publish {
+            return;
+        }
         let id = self.inner.active.fingerprint.as_str().to_owned();
         metrics::gauge!(crate::metrics::FIELD_ENCRYPTIONS, "key_id" => id.clone())
             .set(total as f64);
