@@ -70,7 +70,7 @@ impl ArchiveDrain {
         self
     }
 
-    /// A pause after each upload, to spread the load on S3.
+    /// A pause between uploads, to spread the load on S3.
     #[must_use]
     pub fn pause(mut self, pause: Duration) -> Self {
         self.pause = pause;
@@ -118,7 +118,13 @@ impl Job for ArchiveDrain {
             .await?;
         let mut report = JobReport::default();
         let full = pending.len() >= self.batch;
-        for record in pending {
+        for (i, record) in pending.into_iter().enumerate() {
+            if i > 0 && !self.pause.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(self.pause) => {}
+                    () = ctx.stopped() => {}
+                }
+            }
             ctx.check()?;
             let event = RawEvent {
                 created: created_of(&record.data),
@@ -155,12 +161,6 @@ impl Job for ArchiveDrain {
                     metrics::counter!(m::ARCHIVE_REUPLOADS, "outcome" => "failed").increment(1);
                     tracing::warn!(event_id = %event.id, error = %e, "could not upload a pending raw event; it stays in the database");
                     report.failed += 1;
-                }
-            }
-            if !self.pause.is_zero() {
-                tokio::select! {
-                    () = tokio::time::sleep(self.pause) => {}
-                    () = ctx.stopped() => {}
                 }
             }
         }
