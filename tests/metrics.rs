@@ -273,7 +273,9 @@ fn metrics_after_a_scripted_session_pass_promtool_and_count_exactly_what_happene
     fn http<'a>(method: &'a str, route: &'a str, status: &'a str) -> [(&'a str, &'a str); 3] {
         [("method", method), ("route", route), ("status", status)]
     }
-    let expected: Vec<(&str, Vec<(&str, &str)>, f64)> = vec![
+    /// A metric, its labels, and how much it must have moved.
+    type Expected<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+    let expected: Vec<Expected> = vec![
         ("auth_signups_total", vec![("outcome", "ok")], 1.0),
         ("auth_signups_total", vec![("outcome", "refused")], 0.0),
         ("auth_logins_total", vec![("outcome", "ok")], 1.0),

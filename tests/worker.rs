@@ -397,7 +397,7 @@ async fn an_upload_made_before_a_crash_is_not_written_again() {
     use alvryn::core::billing::{Archived, EventArchive, RawEvent, S3Archive};
     use alvryn::core::jobs::{ArchiveDrain, RunOutcome, Worker};
     use alvryn::core::store::sqlite::SqliteStore;
-    use alvryn::core::store::{Record, RecordStore, StoreBackend};
+    use alvryn::core::store::{Record, StoreBackend};
     use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
 
     let Some(moto) = service("ALVRYN_TEST_MOTO_URL") else {
