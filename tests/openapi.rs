@@ -57,6 +57,7 @@ fn the_description_names_every_route_its_bodies_its_errors_and_its_auth() {
     let expected: BTreeSet<String> = [
         "GET /healthz",
         "GET /readyz",
+        "GET /metrics",
         "POST /auth/signup",
         "POST /auth/login",
         "POST /auth/refresh",

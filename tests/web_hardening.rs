@@ -227,6 +227,9 @@ fn every_route_and_every_error_carries_the_security_headers() {
     let r = raw_request(a, "GET", "/openapi.json", &[], b"");
     assert!(r.json()["paths"].is_object(), "{}", r.body);
     seen_all.push(seen(Some(("GET", "/openapi.json")), "openapi", r, 200));
+    let r = raw_request(a, "GET", "/metrics", &[], b"");
+    assert!(r.body.contains("# TYPE"), "{}", r.body);
+    seen_all.push(seen(Some(("GET", "/metrics")), "metrics", r, 200));
     see(
         &mut seen_all,
         Some(("GET", "/healthz")),

@@ -33,7 +33,9 @@ pub mod billing;
 pub mod crypto;
 #[cfg(any(feature = "oauth", feature = "stripe"))]
 pub mod http;
+pub mod jobs;
 pub mod key;
+pub mod metrics;
 #[cfg(feature = "oauth")]
 pub mod oauth;
 pub mod secret;

@@ -57,6 +57,9 @@ pub enum Command {
     /// Post-deploy check of a running server: one PASS/FAIL line per step,
     /// exit 1 on any failure.
     Smoke(SmokeArgs),
+    /// Run the background jobs (archive drain, webhook retries, purge)
+    /// under store leases, and serve /metrics and /healthz.
+    Worker(WorkerArgs),
 }
 
 /// `alvryn backup`
@@ -109,6 +112,18 @@ pub struct SmokeArgs {
 /// Never fails, so clap never echoes a secret in an error message.
 fn parse_secret(s: &str) -> Result<alvryn_core::SecretString, std::convert::Infallible> {
     Ok(alvryn_core::SecretString::from(s))
+}
+
+/// `alvryn worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Where to serve /metrics and /healthz (default 127.0.0.1:9091, or
+    /// ALVRYN_WORKER_METRICS_BIND).
+    #[arg(long)]
+    pub metrics_bind: Option<SocketAddr>,
+    /// Folder for the embedded store.
+    #[arg(long, env = "ALVRYN_DATA_DIR", default_value = "./alvryn-data")]
+    pub data_dir: PathBuf,
 }
 
 /// `alvryn events ...`
@@ -358,6 +373,25 @@ pub async fn run(cli: Cli) -> ExitCode {
             Err(code) => code,
         },
         Command::Smoke(args) => smoke(args).await,
+        Command::Worker(args) => worker(args).await,
+    }
+}
+
+async fn worker(args: WorkerArgs) -> ExitCode {
+    let config = match load_config(&Overrides {
+        bind: None,
+        data_dir: Some(args.data_dir),
+    }) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let bind = args.metrics_bind.unwrap_or(config.worker.metrics_bind);
+    match crate::worker::run(config, bind, crate::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("alvryn: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }
 
@@ -467,6 +501,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    // Before anything is counted.
+    crate::prometheus::install();
     let state = match AppState::new(config).await {
         Ok(s) => s,
         Err(e) => {
@@ -474,16 +510,13 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    // Webhook events that failed to apply are tried again in the
-    // background (one process at a time, under a store lease).
-    let retry = state
-        .billing
-        .clone()
-        .map(|p| crate::billing::spawn_retry_loop(p, std::time::Duration::from_secs(15)));
-    let served = crate::serve_on(listener, state, crate::shutdown_signal()).await;
-    if let Some(r) = retry {
-        r.abort();
+    if state.billing.is_some() {
+        tracing::info!(
+            "webhook events that fail to apply are retried, and raw events S3 missed are \
+             uploaded, by `alvryn worker`: run at least one next to the servers"
+        );
     }
+    let served = crate::serve_on(listener, state, crate::shutdown_signal()).await;
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

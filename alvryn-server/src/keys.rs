@@ -106,6 +106,7 @@ pub async fn field_cipher(
         KeySet::single(KeyMaterial::fingerprinted(probe_key)),
         Arc::new(MemoryLedger::new()),
     )
+    .publish_metrics(false)
     .build()
     .map_err(KeysError::SelfTest)?;
     let ctx = FieldContext::new("alvryn", "startup", "self-test");

@@ -20,10 +20,12 @@ pub mod migrate;
 pub mod openapi;
 pub mod ratelimit;
 pub mod ready;
+pub mod prometheus;
 pub mod routes;
 pub mod smoke;
 pub mod web;
 pub mod wire;
+pub mod worker;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -393,30 +395,37 @@ impl Parts {
 /// configuration: a body must arrive within the body timeout, and a
 /// request is answered within the request timeout or with 503 `timeout`;
 /// around it all, security headers, CORS, request ids and the access log
-/// ([`web`]). [`serve_on`] adds the connection limits and the peer address
+/// ([`web`]). Every request is counted and timed ([`prometheus::track`];
+/// the recorder is installed here if it is not yet). [`serve_on`] adds
+/// the connection limits and the peer address
 /// ([`axum::extract::ConnectInfo`], which the per-IP rate limits need).
 pub fn app(state: AppState) -> Router {
     let limits = state.config.limits;
     let config = Arc::clone(&state.config);
     let limiter = Arc::clone(&state.limiter);
-    let router = routes::router().with_state(state).layer(
-        tower::ServiceBuilder::new()
-            .layer(axum::error_handling::HandleErrorLayer::new(
-                |_: tower::BoxError| async {
-                    ApiError::new(
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        "timeout",
-                        "the request took too long; try again",
-                    )
-                },
-            ))
-            .timeout(limits.request_timeout)
-            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-                limits.body_timeout,
-            ))
-            // For the rate-limit route layer (`ratelimit::by_client_ip`).
-            .layer(axum::Extension(limiter)),
-    );
+    prometheus::install();
+    let router = routes::router()
+        .with_state(state)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(
+                    |_: tower::BoxError| async {
+                        ApiError::new(
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "timeout",
+                            "the request took too long; try again",
+                        )
+                    },
+                ))
+                .timeout(limits.request_timeout)
+                .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+                    limits.body_timeout,
+                ))
+                // For the rate-limit route layer (`ratelimit::by_client_ip`).
+                .layer(axum::Extension(limiter)),
+        )
+        // Requests the timeout answers are counted too.
+        .layer(axum::middleware::from_fn(prometheus::track));
     web::layers(router, &config)
 }
 

@@ -64,8 +64,15 @@ pub struct Server {
 impl Server {
     /// Starts `alvryn serve` with `c`'s environment on port 0 and waits
     /// until it logs the address it listens on (or panics with its log).
-    pub fn start(mut c: Command) -> Server {
-        c.args(["serve", "--bind", "127.0.0.1:0"]);
+    pub fn start(c: Command) -> Server {
+        Server::start_with(c, &["serve", "--bind", "127.0.0.1:0"])
+    }
+
+    /// Starts the binary with `args` (a command that logs `listening
+    /// local=ADDR` once it accepts, e.g. `worker --metrics-bind
+    /// 127.0.0.1:0`) and waits for that line.
+    pub fn start_with(mut c: Command, args: &[&str]) -> Server {
+        c.args(args);
         let mut child = c
             .stdin(Stdio::null())
             .stdout(Stdio::null())

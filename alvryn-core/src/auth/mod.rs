@@ -373,6 +373,24 @@ impl Auth {
         password: &SecretString,
         user_agent: Option<&str>,
     ) -> Result<Issued, AuthError> {
+        let result = self.signup_inner(email, password, user_agent).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(
+                AuthError::InvalidEmail(_) | AuthError::WeakPassword(_) | AuthError::EmailTaken,
+            ) => "refused",
+            Err(_) => "error",
+        };
+        metrics::counter!(crate::metrics::AUTH_SIGNUPS, "outcome" => outcome).increment(1);
+        result
+    }
+
+    async fn signup_inner(
+        &self,
+        email: &str,
+        password: &SecretString,
+        user_agent: Option<&str>,
+    ) -> Result<Issued, AuthError> {
         let email = normalize_email(email)?;
         // Fail fast on a taken email before spending a hash; the unique
         // index still decides races.
@@ -410,6 +428,22 @@ impl Auth {
         password: &SecretString,
         user_agent: Option<&str>,
     ) -> Result<Issued, AuthError> {
+        let result = self.login_inner(email, password, user_agent).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(AuthError::InvalidCredentials) => "failed",
+            Err(_) => "error",
+        };
+        metrics::counter!(crate::metrics::AUTH_LOGINS, "outcome" => outcome).increment(1);
+        result
+    }
+
+    async fn login_inner(
+        &self,
+        email: &str,
+        password: &SecretString,
+        user_agent: Option<&str>,
+    ) -> Result<Issued, AuthError> {
         let user = match normalize_email(email) {
             Ok(e) => self.store.user_by_email(&e).await?,
             Err(_) => None,
@@ -438,6 +472,21 @@ impl Auth {
     /// # Errors
     /// `InvalidToken`, `TokenReused`, `Store`.
     pub async fn refresh(&self, refresh_token: &str) -> Result<Issued, AuthError> {
+        let result = self.refresh_inner(refresh_token).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(AuthError::InvalidToken) => "invalid",
+            Err(AuthError::TokenReused) => {
+                metrics::counter!(crate::metrics::AUTH_REFRESH_REUSE).increment(1);
+                "reused"
+            }
+            Err(_) => "error",
+        };
+        metrics::counter!(crate::metrics::AUTH_REFRESHES, "outcome" => outcome).increment(1);
+        result
+    }
+
+    async fn refresh_inner(&self, refresh_token: &str) -> Result<Issued, AuthError> {
         let (now_ms, now_s) = self.now();
         let claims = self
             .keys

@@ -8,7 +8,7 @@
 //!
 //! | implementation | where the raw body goes | what the database keeps |
 //! |---|---|---|
-//! | [`S3Archive`] (feature `s3`) | `s3://bucket/{prefix}YYYY/MM/DD/{event id}.json`, its SHA-256 in the object's metadata | nothing |
+//! | [`S3Archive`] (feature `s3`) | `s3://bucket/{prefix}YYYY/MM/DD/{event id}.json`, its SHA-256 in the object's metadata, written only if absent (`If-None-Match: *`): the first body of an event is kept | nothing |
 //! | [`DatabaseArchive`] | the store (`stripe_event_archive` records) | the raw body |
 //! | [`FallbackArchive`] | S3 when it answers | only the S3 key; the raw body, flagged for re-archival, when S3 failed for any reason |
 //!
@@ -319,6 +319,7 @@ impl EventArchive for FallbackArchive {
             }
             Ok(other) => Ok(other),
             Err(e) => {
+                metrics::counter!(crate::metrics::ARCHIVE_FALLBACKS).increment(1);
                 tracing::warn!(
                     event_id = %event.id,
                     error = %e,
@@ -393,21 +394,32 @@ impl S3Archive {
 impl EventArchive for S3Archive {
     async fn archive(&self, event: &RawEvent) -> Result<Archived, ArchiveError> {
         let key = event.s3_key(&self.prefix);
-        self.client
+        let put = self
+            .client
             .put_object()
             .bucket(&self.bucket)
             .key(&key)
+            // Written only if absent: an event is uploaded once, however
+            // often it is delivered or a crashed worker's upload is
+            // redone, and the first body kept (redeliveries may differ in
+            // fields such as `pending_webhooks`).
+            .if_none_match("*")
             .content_type("application/json")
             .metadata("sha256", event.sha256_hex())
             .metadata("event-id", &event.id)
             .body(aws_sdk_s3::primitives::ByteStream::from(event.body.clone()))
             .send()
-            .await
-            .map_err(|e| {
-                ArchiveError::Unavailable(
+            .await;
+        match put {
+            Ok(_) => {}
+            // 412 Precondition Failed: the object is there already.
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {}
+            Err(e) => {
+                return Err(ArchiveError::Unavailable(
                     aws_sdk_s3::error::DisplayErrorContext(e).to_string().into(),
-                )
-            })?;
+                ));
+            }
+        }
         Ok(Archived::S3 { key })
     }
 

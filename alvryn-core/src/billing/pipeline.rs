@@ -180,6 +180,23 @@ pub enum Outcome {
     Dead,
 }
 
+impl Outcome {
+    /// The stable lower-case name (the `outcome` label of
+    /// `webhook_events_total`).
+    #[must_use]
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Duplicate => "duplicate",
+            Self::Stale => "stale",
+            Self::Quarantined => "quarantined",
+            Self::Ignored => "ignored",
+            Self::Failed => "failed",
+            Self::Dead => "dead",
+        }
+    }
+}
+
 /// A delivery that was made durable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ingested {
@@ -404,6 +421,24 @@ impl WebhookPipeline {
         signature: Option<&str>,
         now_ms: i64,
     ) -> Result<Ingested, IngestError> {
+        let result = self.ingest_inner(payload, signature, now_ms).await;
+        if let Err(e) = &result {
+            let reason = match e {
+                IngestError::Signature(_) => "signature",
+                IngestError::Event(_) => "invalid_event",
+                IngestError::Unavailable(_) => "unavailable",
+            };
+            metrics::counter!(crate::metrics::WEBHOOK_REJECTED, "reason" => reason).increment(1);
+        }
+        result
+    }
+
+    async fn ingest_inner(
+        &self,
+        payload: &[u8],
+        signature: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Ingested, IngestError> {
         webhook::verify(
             payload,
             signature,
@@ -426,11 +461,23 @@ impl WebhookPipeline {
         } else {
             Outcome::Duplicate
         };
-        self.stats.count(&outcome);
+        self.count(&event.event_type, &outcome);
         Ok(Ingested {
             event_id: event.id,
             outcome,
         })
+    }
+
+    /// Counts an outcome in the stats and the metrics (the type label
+    /// bounded to known types).
+    fn count(&self, event_type: &str, outcome: &Outcome) {
+        self.stats.count(outcome);
+        metrics::counter!(
+            crate::metrics::WEBHOOK_EVENTS,
+            "type" => crate::metrics::event_type_label(event_type),
+            "outcome" => outcome.as_str()
+        )
+        .increment(1);
     }
 
     /// Inserts the event's record; `false` when it was there already.
@@ -639,7 +686,7 @@ impl WebhookPipeline {
             }
         };
         let outcome = self.apply_recorded(&event, meta.attempts, now_ms).await;
-        self.stats.count(&outcome);
+        self.count(&event.event_type, &outcome);
         match outcome {
             Outcome::Applied => report.applied += 1,
             Outcome::Stale | Outcome::Duplicate => report.unchanged += 1,

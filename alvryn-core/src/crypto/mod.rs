@@ -203,6 +203,8 @@ struct Inner {
     /// The largest block.
     block: u64,
     limit: u64,
+    /// Whether encryptions publish the usage gauges.
+    publish: bool,
 }
 
 /// Encrypts and decrypts individual fields. Cheap to clone; share one.
@@ -231,6 +233,7 @@ pub struct FieldCipherBuilder {
     first_block: u64,
     block: u64,
     limit: u64,
+    publish: bool,
 }
 
 impl FieldCipherBuilder {
@@ -257,6 +260,16 @@ impl FieldCipherBuilder {
     #[must_use]
     pub fn first_block(mut self, first: u64) -> Self {
         self.first_block = first.max(1);
+        self
+    }
+
+    /// Whether this cipher publishes its key's usage as the
+    /// `field_encryptions` and `field_encryption_limit` gauges (default
+    /// yes). Off for a cipher whose key protects nothing, such as a
+    /// start-up self-test's, so it never shows up next to the real keys.
+    #[must_use]
+    pub fn publish_metrics(mut self, publish: bool) -> Self {
+        self.publish = publish;
         self
     }
 
@@ -311,6 +324,7 @@ impl FieldCipherBuilder {
                 ledger: self.ledger,
                 block: self.block,
                 limit: self.limit,
+                publish: self.publish,
             }),
         })
     }
@@ -455,6 +469,7 @@ impl FieldCipher {
             first_block: DEFAULT_FIRST_BLOCK,
             block: DEFAULT_BLOCK,
             limit: MAX_ENCRYPTIONS_PER_KEY,
+            publish: true,
         }
     }
 
@@ -485,6 +500,42 @@ impl FieldCipher {
             performed_here: granted.saturating_sub(remaining),
             limit: self.inner.limit,
         }
+    }
+
+    /// Reads the active key's count from the usage ledger (every
+    /// process's reservations) and publishes it, with the key's limit, as
+    /// the gauges `field_encryptions{key_id}` and
+    /// `field_encryption_limit{key_id}` (the key's fingerprint, never its
+    /// material). Encryptions publish them too, at each reservation; this
+    /// is for a scrape, so a process that has not encrypted yet still
+    /// shows the key's count.
+    ///
+    /// # Errors
+    /// [`CipherError::Ledger`] when the ledger cannot be read; nothing is
+    /// published.
+    pub async fn publish_usage(&self) -> Result<KeyUsage, CipherError> {
+        let a = &self.inner.active;
+        let total = self
+            .inner
+            .ledger
+            .reserved(&a.fingerprint)
+            .await
+            .map_err(CipherError::Ledger)?;
+        a.reserved_total.fetch_max(total, Ordering::AcqRel);
+        self.set_usage_gauges(a.reserved_total.load(Ordering::Acquire));
+        Ok(self.usage())
+    }
+
+    #[allow(clippy::cast_precision_loss)]
+    fn set_usage_gauges(&self, total: u64) {
+        if !self.inner.publish {
+            return;
+        }
+        let id = self.inner.active.fingerprint.as_str().to_owned();
+        metrics::gauge!(crate::metrics::FIELD_ENCRYPTIONS, "key_id" => id.clone())
+            .set(total as f64);
+        metrics::gauge!(crate::metrics::FIELD_ENCRYPTION_LIMIT, "key_id" => id)
+            .set(self.inner.limit as f64);
     }
 
     /// The key id a ciphertext (text form) names, without decrypting it.
@@ -555,6 +606,7 @@ impl FieldCipher {
                     a.reserved_total.fetch_max(r.total, Ordering::AcqRel);
                     a.granted_here.fetch_add(usable, Ordering::AcqRel);
                     a.slots.add(usable);
+                    self.set_usage_gauges(a.reserved_total.load(Ordering::Acquire));
                     if r.total >= self.inner.limit / 10 * 9 {
                         tracing::warn!(
                             key_id = %a.id,
@@ -568,6 +620,7 @@ impl FieldCipher {
                     a.exhausted.store(true, Ordering::Release);
                     a.reserved_total
                         .fetch_max(self.inner.limit, Ordering::AcqRel);
+                    self.set_usage_gauges(self.inner.limit);
                     tracing::error!(key_id = %a.id, "field-encryption key exhausted; rotate it");
                 }
                 Err(e) => return Err(CipherError::Ledger(e)),

@@ -29,6 +29,10 @@
 //! | `FIELD_ENCRYPTION_KEY` / `FIELD_ENCRYPTION_KEY_ENC` | field key: 32 raw bytes or base64, or a KMS-wrapped blob |
 //! | `FIELD_ENCRYPTION_PREVIOUS_KEYS` / `FIELD_ENCRYPTION_PREVIOUS_KEYS_ENC` | comma-separated decrypt-only keys (base64) or KMS blobs |
 //! | `FIELD_ENCRYPTION_KMS_KEY_ID` | optional: the KMS key the blobs must come from (recommended) |
+//! | `ALVRYN_WORKER_METRICS_BIND` | where `alvryn worker` serves `/metrics` and `/healthz`, default `127.0.0.1:9091` (`--metrics-bind` wins) |
+//! | `ALVRYN_WORKER_LEASE_TTL_SECONDS` | how long a worker's job lease lasts unrenewed (how soon another worker takes over from a dead one), 1-3600, default 60 |
+//! | `ALVRYN_WORKER_ARCHIVE_BATCH` | raw events the archive drain moves to S3 per run, 1-10000, default 100 |
+//! | `ALVRYN_WORKER_UPLOAD_PAUSE_MS` | pause after each of the drain's uploads, 0-60000, default 0 |
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -191,6 +195,36 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// Settings of `alvryn worker` (each an `ALVRYN_WORKER_*` variable).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerSettings {
+    /// `ALVRYN_WORKER_METRICS_BIND` (default `127.0.0.1:9091`): where the
+    /// worker serves `/metrics` and `/healthz`.
+    pub metrics_bind: SocketAddr,
+    /// `ALVRYN_WORKER_LEASE_TTL_SECONDS` (default 60): how long a job's
+    /// lease lasts unrenewed, so how soon another worker takes over a
+    /// job from a dead one. Renewed every third of it while a job runs.
+    pub lease_ttl: std::time::Duration,
+    /// `ALVRYN_WORKER_ARCHIVE_BATCH` (default 100): raw events the
+    /// archive drain moves to S3 per run (a full batch runs again at once).
+    pub archive_batch: usize,
+    /// `ALVRYN_WORKER_UPLOAD_PAUSE_MS` (default 0): a pause after each of
+    /// the archive drain's uploads, to spread the load on S3 (the tests
+    /// use it to make a run last long enough to interrupt).
+    pub upload_pause: std::time::Duration,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            metrics_bind: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            lease_ttl: alvryn_core::jobs::DEFAULT_LEASE_TTL,
+            archive_batch: 100,
+            upload_pause: std::time::Duration::ZERO,
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -244,6 +278,8 @@ pub struct Config {
     pub microsoft: Option<ProviderSettings>,
     /// Field-encryption keys.
     pub field_keys: FieldKeys,
+    /// `alvryn worker`'s settings.
+    pub worker: WorkerSettings,
 }
 
 /// Values given on the command line, which win over the environment.
@@ -607,6 +643,41 @@ impl Reader<'_> {
         settings
     }
 
+    /// A whole number in `min..=max`, or a problem naming the range.
+    fn number(&mut self, var: &'static str, min: u64, max: u64) -> Option<u64> {
+        let t = self.text(var)?;
+        match t.trim().parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                self.problem(var, format!("must be a whole number from {min} to {max}"));
+                None
+            }
+        }
+    }
+
+    fn worker(&mut self) -> WorkerSettings {
+        let mut w = WorkerSettings::default();
+        if let Some(t) = self.text("ALVRYN_WORKER_METRICS_BIND") {
+            match t.trim().parse() {
+                Ok(addr) => w.metrics_bind = addr,
+                Err(_) => self.problem(
+                    "ALVRYN_WORKER_METRICS_BIND",
+                    "must be an address like 127.0.0.1:9091",
+                ),
+            }
+        }
+        if let Some(n) = self.number("ALVRYN_WORKER_LEASE_TTL_SECONDS", 1, 3600) {
+            w.lease_ttl = std::time::Duration::from_secs(n);
+        }
+        if let Some(n) = self.number("ALVRYN_WORKER_ARCHIVE_BATCH", 1, 10_000) {
+            w.archive_batch = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = self.number("ALVRYN_WORKER_UPLOAD_PAUSE_MS", 0, 60_000) {
+            w.upload_pause = std::time::Duration::from_millis(n);
+        }
+        w
+    }
+
     fn field_keys(&mut self) -> Option<FieldKeys> {
         const RAW: &str = "FIELD_ENCRYPTION_KEY";
         const ENC: &str = "FIELD_ENCRYPTION_KEY_ENC";
@@ -923,6 +994,7 @@ impl Config {
         let google = r.oauth(Provider::Google);
         let microsoft = r.oauth(Provider::Microsoft);
         let field_keys = r.field_keys();
+        let worker = r.worker();
         // Development mode generates missing secrets per data folder. Two
         // instances sharing a database, or one reachable from elsewhere
         // (behind a load balancer), must never each invent their own.
@@ -1003,6 +1075,7 @@ impl Config {
             google,
             microsoft,
             field_keys: field_keys.unwrap_or(FieldKeys::DevGenerated),
+            worker,
         })
     }
 
@@ -1153,6 +1226,14 @@ impl Config {
                 ),
             );
         }
+        m.insert(
+            "ALVRYN_WORKER_METRICS_BIND",
+            self.worker.metrics_bind.to_string(),
+        );
+        m.insert(
+            "ALVRYN_WORKER_LEASE_TTL_SECONDS",
+            self.worker.lease_ttl.as_secs().to_string(),
+        );
         m.insert(
             "FIELD_ENCRYPTION_KEY",
             match &self.field_keys {

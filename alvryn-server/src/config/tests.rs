@@ -699,5 +699,58 @@ fn bad_rate_limits_and_proxies_are_reported_together() {
     assert!(
         !text.contains("not-a-range") && !text.contains("thirty"),
         "{text}"
+
+#[test]
+fn worker_settings_default_parse_and_report_every_problem_together() {
+    let defaults = load(&HashMap::new()).unwrap().worker;
+    assert_eq!(defaults, WorkerSettings::default());
+    assert_eq!(defaults.metrics_bind.to_string(), "127.0.0.1:9091");
+    assert_eq!(defaults.lease_ttl, std::time::Duration::from_secs(60));
+    assert_eq!(defaults.archive_batch, 100);
+    assert_eq!(defaults.upload_pause, std::time::Duration::ZERO);
+
+    let env: HashMap<&'static str, String> = [
+        ("ALVRYN_WORKER_METRICS_BIND", " 127.0.0.1:0 "),
+        ("ALVRYN_WORKER_LEASE_TTL_SECONDS", "2"),
+        ("ALVRYN_WORKER_ARCHIVE_BATCH", "1"),
+        ("ALVRYN_WORKER_UPLOAD_PAUSE_MS", "250"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k, v.to_owned()))
+    .collect();
+    let w = load(&env).unwrap().worker;
+    assert_eq!(w.metrics_bind.port(), 0);
+    assert_eq!(w.lease_ttl, std::time::Duration::from_secs(2));
+    assert_eq!(w.archive_batch, 1);
+    assert_eq!(w.upload_pause, std::time::Duration::from_millis(250));
+
+    // Out of range or malformed: each named, all at once, with the range.
+    let bad: HashMap<&'static str, String> = [
+        ("ALVRYN_WORKER_METRICS_BIND", "localhost"),
+        ("ALVRYN_WORKER_LEASE_TTL_SECONDS", "0"),
+        ("ALVRYN_WORKER_ARCHIVE_BATCH", "10001"),
+        ("ALVRYN_WORKER_UPLOAD_PAUSE_MS", "-5"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k, v.to_owned()))
+    .collect();
+    let err = load(&bad).unwrap_err();
+    let vars: Vec<&str> = err.problems.iter().map(|p| p.var).collect();
+    assert_eq!(
+        vars,
+        [
+            "ALVRYN_WORKER_METRICS_BIND",
+            "ALVRYN_WORKER_LEASE_TTL_SECONDS",
+            "ALVRYN_WORKER_ARCHIVE_BATCH",
+            "ALVRYN_WORKER_UPLOAD_PAUSE_MS",
+        ]
+    );
+    let text = err.to_string();
+    assert!(text.contains("from 1 to 3600"), "{text}");
+    assert!(text.contains("from 1 to 10000"), "{text}");
+    assert!(text.contains("from 0 to 60000"), "{text}");
+    assert!(
+        !text.contains("localhost"),
+        "the value is not echoed: {text}"
     );
 }

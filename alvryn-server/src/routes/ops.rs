@@ -11,16 +11,20 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::AppState;
-use crate::openapi::ErrorDetail;
+use axum::http::header::CONTENT_TYPE;
+
+use crate::openapi::{ErrorBody, ErrorDetail};
+use crate::{ApiError, AppState};
 
 /// `/healthz`: the process is up and serving. `/readyz`: its store, its
 /// field key and (when billing archives there) its S3 bucket answer; see
-/// [`crate::ready`].
+/// [`crate::ready`]. `/metrics`: Prometheus's text format (see
+/// [`crate::prometheus`]).
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(healthz))
         .routes(routes!(readyz))
+        .routes(routes!(metrics))
 }
 
 /// `{"status": "ok"}`.
@@ -84,4 +88,21 @@ async fn readyz(State(state): State<AppState>) -> Response {
         }),
     };
     (StatusCode::SERVICE_UNAVAILABLE, no_store, Json(body)).into_response()
+}
+
+/// The process's metrics, in Prometheus's text format.
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses(
+    (status = 200, description = "Prometheus text exposition format.", body = String, content_type = "text/plain; version=0.0.4"),
+    (status = 404, description = "No metrics recorder in this process.", body = ErrorBody),
+))]
+async fn metrics(State(state): State<AppState>) -> Response {
+    // The field key's count as the ledger has it now (every process's
+    // reservations), not only as of this process's last reservation.
+    if let Err(e) = state.cipher.publish_usage().await {
+        tracing::warn!(error = %e, "could not read the field-key usage for /metrics");
+    }
+    match crate::prometheus::render() {
+        Some(text) => ([(CONTENT_TYPE, crate::prometheus::CONTENT_TYPE)], text).into_response(),
+        None => ApiError::not_found().into_response(),
+    }
 }

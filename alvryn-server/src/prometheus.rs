@@ -1,0 +1,143 @@
+//! The process's Prometheus recorder (`metrics-exporter-prometheus`) and
+//! what the HTTP layer counts.
+//!
+//! [`install`] installs the recorder once per process; `alvryn-core`
+//! emits through the `metrics` facade into it, and `GET /metrics` (the
+//! server's, and the worker's) renders it in Prometheus's text format.
+//! Every metric is described (a `# HELP` line), and every label comes
+//! from a bounded set: the route is axum's route *template*
+//! (`/auth/sessions/{id}`, never the id), `unmatched` for paths no route
+//! has; the method is one of the standard ones, else `other`.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use axum::extract::MatchedPath;
+use axum::http::Method;
+use metrics::{Unit, describe_counter, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Counter: HTTP requests answered, by `method`, `route` and `status`.
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+/// Histogram: how long requests take to answer, by `method`, `route` and
+/// `status`.
+pub const HTTP_DURATION: &str = "http_request_duration_seconds";
+
+/// Bucket bounds of request latencies, seconds.
+const HTTP_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Bucket bounds of job run times, seconds.
+const JOB_BUCKETS: &[f64] = &[0.01, 0.05, 0.25, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder as the process's `metrics` recorder
+/// (the first call does; later calls return the same handle), describes
+/// every metric, and, inside a Tokio runtime, starts its upkeep (every 5
+/// s, so histogram samples do not pile up between scrapes). `None` when
+/// another recorder was installed first (an embedding service's own):
+/// then this process has no `/metrics` of its own.
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.to_owned()), HTTP_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(alvryn_core::metrics::JOB_DURATION.to_owned()),
+                        JOB_BUCKETS,
+                    )
+                });
+            let handle = match builder.map(PrometheusBuilder::install_recorder) {
+                Ok(Ok(handle)) => handle,
+                Ok(Err(e)) | Err(e) => {
+                    tracing::warn!(error = %e, "no Prometheus recorder: /metrics is not served");
+                    return None;
+                }
+            };
+            alvryn_core::metrics::describe();
+            describe_counter!(
+                HTTP_REQUESTS,
+                Unit::Count,
+                "HTTP requests answered, by method, route template and status."
+            );
+            describe_histogram!(
+                HTTP_DURATION,
+                Unit::Seconds,
+                "How long HTTP requests take to answer, by method, route template and status."
+            );
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let upkeep = handle.clone();
+                rt.spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(5));
+                    loop {
+                        tick.tick().await;
+                        upkeep.run_upkeep();
+                    }
+                });
+            }
+            Some(handle)
+        })
+        .as_ref()
+}
+
+/// The metrics in Prometheus's text format, or `None` without a recorder
+/// of ours.
+#[must_use]
+pub fn render() -> Option<String> {
+    install().map(PrometheusHandle::render)
+}
+
+/// The `Content-Type` of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Middleware: counts each request and times it, by method, route
+/// template and status. Place it outermost, so requests answered by the
+/// timeout and panic layers are counted with their status.
+pub async fn track(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = Instant::now();
+    let method = method_label(req.method());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [
+        ("method", method.to_owned()),
+        ("route", route),
+        ("status", status),
+    ];
+    metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
+    metrics::histogram!(HTTP_DURATION, &labels).record(started.elapsed().as_secs_f64());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusual_methods_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        let odd = Method::from_bytes(b"BREW").unwrap_or(Method::GET);
+        assert_eq!(method_label(&odd), "other");
+    }
+}
