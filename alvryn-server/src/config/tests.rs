@@ -699,6 +699,8 @@ fn bad_rate_limits_and_proxies_are_reported_together() {
     assert!(
         !text.contains("not-a-range") && !text.contains("thirty"),
         "{text}"
+    );
+}
 
 #[test]
 fn worker_settings_default_parse_and_report_every_problem_together() {
