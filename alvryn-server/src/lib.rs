@@ -351,26 +351,24 @@ impl Parts {
 pub fn app(state: AppState) -> Router {
     let limits = state.config.limits;
     prometheus::install();
-    routes::router()
-        .with_state(state)
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(axum::error_handling::HandleErrorLayer::new(
-                    |_: tower::BoxError| async {
-                        ApiError::new(
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            "timeout",
-                            "the request took too long; try again",
-                        )
-                    },
-                ))
-                .timeout(limits.request_timeout)
-                .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-                    limits.body_timeout,
-                )),
-        )
-        // Outermost: requests the timeout answers are counted too.
-        .layer(axum::middleware::from_fn(prometheus::track))
+    let app = routes::router().with_state(state).layer(
+        tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(
+                |_: tower::BoxError| async {
+                    ApiError::new(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "timeout",
+                        "the request took too long; try again",
+                    )
+                },
+            ))
+            .timeout(limits.request_timeout)
+            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+                limits.body_timeout,
+            )),
+    );
+    // Outermost: requests the timeout answers are counted too.
+    app.layer(axum::middleware::from_fn(prometheus::track))
 }
 
 /// Binds `addr` (port 0 picks a free one; read it back with
