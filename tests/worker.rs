@@ -486,3 +486,30 @@ async fn an_upload_made_before_a_crash_is_not_written_again() {
     let body = got.body.collect().await.unwrap().into_bytes();
     assert_eq!(body.as_ref(), first.as_bytes(), "the first body");
 }
+
+#[test]
+fn a_taken_metrics_port_exits_1_and_a_bad_setting_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut c = alvryn();
+    c.env("ALVRYN_DATA_DIR", dir.path())
+        .args(["worker", "--metrics-bind", &addr]);
+    let out = support::run(c);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains(&addr), "{}", out.stderr);
+
+    let mut c = alvryn();
+    c.env("ALVRYN_DATA_DIR", dir.path())
+        .env("ALVRYN_WORKER_LEASE_TTL_SECONDS", "0")
+        .env("ALVRYN_WORKER_ARCHIVE_BATCH", "many")
+        .args(["worker", "--metrics-bind", "127.0.0.1:0"]);
+    let out = support::run(c);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    for var in [
+        "ALVRYN_WORKER_LEASE_TTL_SECONDS",
+        "ALVRYN_WORKER_ARCHIVE_BATCH",
+    ] {
+        assert!(out.stderr.contains(var), "{}", out.stderr);
+    }
+}

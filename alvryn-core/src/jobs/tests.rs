@@ -111,21 +111,21 @@ async fn a_run_takes_the_lease_and_releases_it_after() {
 async fn a_held_lease_keeps_other_workers_out_and_a_long_run_keeps_it() {
     let store = leases();
     // A run three times as long as the lease lasts unrenewed.
-    let a = Arc::new(Worker::new(store.clone(), "a").lease_ttl(Duration::from_secs(1)));
-    let b = Worker::new(store.clone(), "b").lease_ttl(Duration::from_secs(1));
-    let job = Sleepy::new("long", Duration::from_millis(3200));
+    let a = Arc::new(Worker::new(store.clone(), "a").lease_ttl(Duration::from_secs(2)));
+    let b = Worker::new(store.clone(), "b").lease_ttl(Duration::from_secs(2));
+    let job = Sleepy::new("long", Duration::from_millis(6200));
     let running = {
         let (a, job) = (Arc::clone(&a), Arc::clone(&job));
         tokio::spawn(async move { a.run_once(job.as_ref()).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     // b asks repeatedly, past several of the lease's TTLs.
-    for _ in 0..14 {
+    for _ in 0..24 {
         match b.run_once(job.as_ref()).await.unwrap() {
             RunOutcome::Busy { until_ms } => assert!(until_ms.is_some()),
             other => panic!("b ran a job a holds: {other:?}"),
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let RunOutcome::Ran { result, .. } = running.await.unwrap().unwrap() else {
         panic!("a did not run");
