@@ -59,6 +59,8 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// The secrets of its environment (see [`configured_secrets`]).
+    secrets: Vec<String>,
 }
 
 impl Server {
@@ -73,6 +75,7 @@ impl Server {
     /// 127.0.0.1:0`) and waits for that line.
     pub fn start_with(mut c: Command, args: &[&str]) -> Server {
         c.args(args);
+        let secrets = configured_secrets(&c);
         let mut child = c
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -93,7 +96,12 @@ impl Server {
         loop {
             let found = listening_addr(&log.lock().unwrap());
             if let Some(addr) = found {
-                return Server { child, addr, log };
+                return Server {
+                    child,
+                    addr,
+                    log,
+                    secrets,
+                };
             }
             if let Some(status) = child.try_wait().unwrap() {
                 std::thread::sleep(Duration::from_millis(100));
@@ -119,10 +127,115 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops the server, then holds its whole log to the rule that no
+    /// secret reaches a log: no configured secret, and no password, token
+    /// or code any test sent to or received from a server
+    /// ([`watch_secret`]). Every end-to-end test that starts a server this
+    /// way is checked.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let log = self.log();
+        if let Some(leak) = leaked(&log, &self.secrets) {
+            panic!("a secret reached the server's log ({leak}):\n{log}");
+        }
     }
+}
+
+/// Passwords, tokens and one-time codes the tests have exchanged with a
+/// server: no server log may contain one.
+static WATCHED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Adds `secret` to what no server log may contain (shorter than 8
+/// characters: too likely to occur by chance, ignored).
+pub fn watch_secret(secret: &str) {
+    if secret.len() >= 8 {
+        WATCHED.lock().unwrap().insert(secret.to_owned());
+    }
+}
+
+/// Watches the secrets a JSON body carries at its top level.
+fn watch_body(body: &[u8]) {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body)
+    else {
+        return;
+    };
+    for key in ["password", "access_token", "refresh_token", "code"] {
+        if let Some(v) = map.get(key).and_then(|v| v.as_str()) {
+            watch_secret(v);
+        }
+    }
+}
+
+/// The secret values of a command's environment: every variable whose
+/// name says it holds one (`*SECRET*`, `*PASSWORD*`, `*TOKEN*`, `*_KEY`,
+/// `*_KEYS`, `*_KEY_ENC`), each entry of a comma-separated list, and the
+/// password of a connection string.
+fn configured_secrets(c: &Command) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, value) in c.get_envs() {
+        let (Some(name), Some(value)) = (name.to_str(), value.and_then(|v| v.to_str())) else {
+            continue;
+        };
+        let secret = ["SECRET", "PASSWORD", "TOKEN"]
+            .iter()
+            .any(|w| name.contains(w))
+            || name.ends_with("_KEY")
+            || name.ends_with("_KEYS")
+            || name.ends_with("_KEY_ENC")
+            || name.ends_with("_KEYS_ENC");
+        if secret {
+            out.extend(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|v| v.len() >= 8)
+                    .map(str::to_owned),
+            );
+        }
+        if name.ends_with("_URI") {
+            // scheme://user:PASSWORD@host
+            if let Some(pw) = value
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split_once('@'))
+                .and_then(|(auth, _)| auth.split_once(':'))
+                .map(|(_, pw)| pw)
+                .filter(|pw| pw.len() >= 8)
+            {
+                out.push(pw.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// What leaked into `log`, if anything: a configured secret, a watched
+/// one, or anything shaped like a JWT.
+fn leaked(log: &str, configured: &[String]) -> Option<String> {
+    if let Some(s) = configured.iter().find(|s| log.contains(s.as_str())) {
+        return Some(format!("a configured secret of {} characters", s.len()));
+    }
+    if let Some(s) = WATCHED
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|s| log.contains(s.as_str()))
+    {
+        return Some(format!(
+            "a password, token or code of {} characters",
+            s.len()
+        ));
+    }
+    // The base64url of a JWT header ({"typ":... or {"alg":...).
+    ["eyJ0eXAiOi", "eyJhbGciOi"]
+        .iter()
+        .find(|p| log.contains(*p))
+        .map(|_| "something shaped like a JWT".to_owned())
 }
 
 /// The address in the server's `listening local=ADDR` log line (or, in
@@ -247,6 +360,7 @@ fn send_request(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    watch_body(body);
     s.write_all(req.as_bytes()).unwrap();
     // The server may answer (413) before reading a large body; ignore a reset.
     let _ = s.write_all(body);
@@ -279,6 +393,7 @@ fn read_response(mut s: TcpStream) -> Response {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .collect();
+    watch_body(body.as_bytes());
     Response {
         status,
         headers,
