@@ -1148,3 +1148,20 @@ fn readyz_checks_the_archive_bucket_on_s3() {
         json!({"status": "ready", "checks": {"store": "ok", "field_key": "ok", "s3": "ok"}})
     );
 }
+
+/// The log check every end-to-end server gets on drop (`tests/support`)
+/// finds what it looks for.
+#[test]
+fn the_log_check_of_every_server_catches_each_kind_of_leak() {
+    let clean = "INFO request{request_id=abc} route=/auth/login status=200";
+    assert_eq!(support::leaked(clean, &[]), None);
+    let configured = ["whsec_configuredSecret123".to_owned()];
+    assert!(support::leaked("sig with whsec_configuredSecret123 in it", &configured).is_some());
+    support::watch_secret("a-password-someone-sent-42");
+    assert!(support::leaked("body: a-password-someone-sent-42", &[]).is_some());
+    // Anything shaped like one of our JWTs.
+    assert!(support::leaked("token eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.e30.x", &[]).is_some());
+    // Too short to watch without false alarms.
+    support::watch_secret("short");
+    assert_eq!(support::leaked("a short line", &[]), None);
+}

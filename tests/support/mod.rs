@@ -216,7 +216,7 @@ fn configured_secrets(c: &Command) -> Vec<String> {
 
 /// What leaked into `log`, if anything: a configured secret, a watched
 /// one, or anything shaped like a JWT.
-fn leaked(log: &str, configured: &[String]) -> Option<String> {
+pub fn leaked(log: &str, configured: &[String]) -> Option<String> {
     if let Some(s) = configured.iter().find(|s| log.contains(s.as_str())) {
         return Some(format!("a configured secret of {} characters", s.len()));
     }
