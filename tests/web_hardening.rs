@@ -149,18 +149,7 @@ fn signup(addr: SocketAddr, email: &str) -> Response {
 /// `alvryn-server/src/openapi.rs`), and the description itself. A route
 /// added and missing from the header test fails it.
 fn declared_routes(addr: std::net::SocketAddr) -> BTreeSet<(String, String)> {
-    let doc = raw_request(addr, "GET", "/openapi.json", &[], b"").json();
-    let mut routes: BTreeSet<(String, String)> = doc["paths"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .flat_map(|(path, item)| {
-            item.as_object()
-                .unwrap()
-                .keys()
-                .map(move |method| (method.to_uppercase(), path.clone()))
-        })
-        .collect();
+    let mut routes = support::documented_operations(addr);
     routes.insert(("GET".to_owned(), "/openapi.json".to_owned()));
     assert!(routes.len() >= 10, "{routes:?}");
     routes

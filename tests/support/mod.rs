@@ -599,3 +599,19 @@ pub fn s3_client(moto: &str) -> aws_sdk_s3::Client {
         .build();
     aws_sdk_s3::Client::from_conf(conf)
 }
+
+/// Every operation `/openapi.json` describes, as (METHOD, path template).
+pub fn documented_operations(addr: SocketAddr) -> std::collections::BTreeSet<(String, String)> {
+    let doc = raw_request(addr, "GET", "/openapi.json", &[], b"").json();
+    doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |method| (method.to_uppercase(), path.clone()))
+        })
+        .collect()
+}
