@@ -1068,3 +1068,90 @@ async fn a_checkout_this_backend_did_not_start_grants_nothing() {
         ["evt_1AlvrynPaymentLink"]
     );
 }
+
+#[tokio::test]
+async fn a_cancellation_is_applied_even_when_its_price_has_left_the_map() {
+    let Some(h) = Harness::new(Backend::Sqlite).await else {
+        return;
+    };
+    const RETIRED: &str = "price_retired";
+    // Sold while the map still listed it.
+    let before = h.pipeline_with(&format!("{RETIRED}:pro"));
+    let created = event(
+        "evt_1AlvrynRetiredOn",
+        "customer.subscription.created",
+        T,
+        subscription(SUB, "active", RETIRED),
+    );
+    let header = h.sign(&[&created]).remove(0);
+    let got = before
+        .ingest(created.as_bytes(), Some(&header), h.now_ms())
+        .await
+        .unwrap();
+    assert_eq!(got.outcome, Outcome::Applied);
+    assert_eq!(h.view().await.plan.as_str(), "pro");
+
+    // The operator retires the price from the map; the customer cancels.
+    let mut canceled = subscription(SUB, "canceled", RETIRED);
+    canceled["created"] = json!(T);
+    let deleted = event(
+        "evt_1AlvrynRetiredOff",
+        "customer.subscription.deleted",
+        T + 10,
+        canceled,
+    );
+    assert_eq!(h.deliver(&[&deleted]).await, [Outcome::Applied]);
+    let view = h.view().await;
+    assert_eq!(view.plan.as_str(), "free", "not kept on a paid plan");
+    assert_eq!(view.status.as_deref(), Some("canceled"));
+    // Granting access through an unknown price is still quarantined.
+    let back = event(
+        "evt_1AlvrynRetiredAgain",
+        "customer.subscription.updated",
+        T + 20,
+        subscription(SUB, "active", RETIRED),
+    );
+    assert_eq!(h.deliver(&[&back]).await, [Outcome::Quarantined]);
+    assert_eq!(h.view().await.plan.as_str(), "free");
+}
+
+#[tokio::test]
+async fn an_event_whose_body_is_gone_becomes_a_dead_letter_and_stops_taking_retries() {
+    let Some(h) = Harness::new(Backend::Sqlite).await else {
+        return;
+    };
+    h.billing.set(&subscription(SUB, "active", PRO));
+    h.billing.set_down(true);
+    let completed = event(
+        "evt_1AlvrynBodyGone",
+        "checkout.session.completed",
+        T,
+        checkout_session(SUB),
+    );
+    assert_eq!(h.deliver(&[&completed]).await, [Outcome::Failed]);
+    // Its raw body disappears (a lifecycle rule, a changed archive).
+    assert!(
+        h.store
+            .remove_record(ARCHIVE_NS, "evt_1AlvrynBodyGone")
+            .await
+            .unwrap()
+    );
+    h.billing.set_down(false);
+    h.advance(Duration::from_secs(3600));
+
+    let report = h.retry_due().await;
+    assert_eq!((report.seen, report.missing), (1, 1), "{report:?}");
+    let dead = h.listed(Some(EventStatus::Dead)).await;
+    assert_eq!(ids(&dead), ["evt_1AlvrynBodyGone"]);
+    assert!(
+        dead[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("not in the archive"),
+        "{dead:?}"
+    );
+    // It no longer comes back in every pass.
+    h.advance(Duration::from_secs(3600));
+    assert_eq!(h.retry_due().await.seen, 0);
+}

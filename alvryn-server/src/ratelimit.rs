@@ -578,7 +578,9 @@ impl RateLimiter {
             limit: limit.requests,
             remaining: u32::try_from(u64::from(limit.requests).saturating_sub(count.count))
                 .unwrap_or(0),
-            reset_secs: left_ms.div_ceil(1000).clamp(1, limit.window.as_secs()),
+            reset_secs: left_ms
+                .div_ceil(1000)
+                .clamp(1, limit.window.as_secs().max(1)),
         };
         if count.count > u64::from(limit.requests) {
             Verdict::Limited(quota)

@@ -670,12 +670,16 @@ impl WebhookPipeline {
                 Ok(e) => e,
                 Err(e) => {
                     tracing::warn!(event_id = %id, error = %e, "an archived event no longer parses");
+                    self.bury(id, meta, "the archived event no longer parses", now_ms)
+                        .await;
                     report.missing += 1;
                     return;
                 }
             },
             Ok(None) => {
                 tracing::warn!(event_id = %id, "the event is not in the archive");
+                self.bury(id, meta, "the event is not in the archive", now_ms)
+                    .await;
                 report.missing += 1;
                 return;
             }
@@ -693,6 +697,26 @@ impl WebhookPipeline {
             Outcome::Quarantined => report.quarantined += 1,
             Outcome::Ignored => report.ignored += 1,
             Outcome::Failed | Outcome::Dead => report.failed += 1,
+        }
+    }
+
+    /// Moves an event the worker cannot apply (its body is gone) to the
+    /// dead letters, so it stops taking a place in every retry pass; a
+    /// replay still applies it if the body comes back.
+    async fn bury(&self, id: &str, meta: &Meta, why: &str, now_ms: i64) {
+        let meta = Meta {
+            error: Some(why.to_owned()),
+            ..meta.clone()
+        };
+        let advance = Advance {
+            ns: EVENT_NS.to_owned(),
+            key: id.to_owned(),
+            to: DEAD,
+            data: serde_json::to_vec(&meta).ok(),
+            now_ms,
+        };
+        if let Err(e) = self.store.advance(&advance).await {
+            tracing::warn!(event_id = %id, error = %e, "could not record the event as a dead letter");
         }
     }
 

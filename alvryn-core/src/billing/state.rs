@@ -451,10 +451,6 @@ impl Subscriptions {
         let mut sub = sub.clone();
         let mut fetched = false;
         for _ in 0..CAS_ATTEMPTS {
-            let plan = match self.plan_of(&sub) {
-                Ok(p) => p,
-                Err(price) => return Ok(ApplyOutcome::Quarantined { price }),
-            };
             let (rev, mut state) = self.load(user_id).await.map_err(|e| match e {
                 StoreError::Corrupt(_) => ApplyError::Corrupt,
                 e => ApplyError::Store(e),
@@ -476,6 +472,22 @@ impl Subscriptions {
                     }
                 }
             }
+            let plan = if sub.grants_access() {
+                match self.plan_of(&sub) {
+                    Ok(p) => p,
+                    Err(price) => return Ok(ApplyOutcome::Quarantined { price }),
+                }
+            } else {
+                // A subscription that grants nothing needs no plan: an
+                // ending (cancelled, unpaid) is never held back by a
+                // price the map no longer lists.
+                state
+                    .subs
+                    .get(&sub.id)
+                    .and_then(|s| PlanName::new(&s.plan).ok())
+                    .or_else(|| self.plan_of(&sub).ok())
+                    .unwrap_or_else(PlanName::free)
+            };
             let before = state.view();
             state.subs.insert(
                 sub.id.clone(),

@@ -226,7 +226,9 @@ impl Job for RetryWebhookEvents {
         Ok(JobReport {
             done: r.applied + r.unchanged + r.quarantined + r.ignored,
             failed: r.failed + r.missing,
-            more: usize::try_from(r.seen).unwrap_or(usize::MAX) >= self.limit && r.failed == 0,
+            more: usize::try_from(r.seen).unwrap_or(usize::MAX) >= self.limit
+                && r.failed == 0
+                && r.missing == 0,
         })
     }
 }
