@@ -637,3 +637,38 @@ async fn a_failing_rate_limit_store_lets_requests_through_never_a_500() {
     let (status, _, _) = h.send(start()).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
 }
+
+#[tokio::test]
+async fn with_a_metrics_token_metrics_answer_only_its_bearer() {
+    const TOKEN: &str = "metrics-token-0123456789abcdef";
+    let h = Harness::with_vars(&[("ALVRYN_METRICS_TOKEN", TOKEN)]);
+    let ask = |auth: Option<&str>| {
+        let mut req = Request::get("/metrics");
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        app(h.state.clone()).oneshot(req.body(Body::empty()).unwrap())
+    };
+    for refused in [
+        None,
+        Some("Bearer wrong-token-0123456789abc"),
+        Some("Basic eA=="),
+    ] {
+        let resp = ask(refused).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{refused:?}");
+    }
+    let resp = ask(Some(&format!("Bearer {TOKEN}"))).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 22)
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&body).contains("# TYPE"));
+    // Without the setting, /metrics is open (the default, for a scraper
+    // on a private network).
+    let open = Harness::new();
+    let resp = app(open.state.clone())
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}

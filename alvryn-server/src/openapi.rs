@@ -59,6 +59,11 @@ impl Modify for Common {
                     .build(),
             ),
         );
+        // `/metrics` when `ALVRYN_METRICS_TOKEN` is set.
+        components.add_security_scheme(
+            "metrics_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
         let error = ResponseBuilder::new()
             .content(
                 "application/json",

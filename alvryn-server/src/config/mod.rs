@@ -268,6 +268,9 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// How log lines are written (`ALVRYN_LOG_FORMAT`).
     pub log_format: LogFormat,
+    /// `ALVRYN_METRICS_TOKEN`: when set, the server's `/metrics` answers
+    /// only `Authorization: Bearer <token>` (at least 16 characters).
+    pub metrics_token: Option<SecretString>,
     /// Stripe, when configured.
     pub stripe: Option<StripeConfig>,
     /// Raw webhook archive bucket.
@@ -989,6 +992,18 @@ impl Config {
         let frontend_url = r.url("FRONTEND_URL");
         let cors_origins = r.cors_origins();
         let log_format = r.log_format();
+        let metrics_token = r.text("ALVRYN_METRICS_TOKEN").and_then(|t| {
+            let t = t.trim().to_owned();
+            if t.len() < 16 || t.contains(char::is_whitespace) {
+                r.problem(
+                    "ALVRYN_METRICS_TOKEN",
+                    "must be at least 16 characters, without spaces",
+                );
+                None
+            } else {
+                Some(SecretString::from(t))
+            }
+        });
         let stripe = r.stripe();
         let stripe_event_bucket = r.bucket();
         let google = r.oauth(Provider::Google);
@@ -1070,6 +1085,7 @@ impl Config {
             frontend_url,
             cors_origins,
             log_format,
+            metrics_token,
             stripe,
             stripe_event_bucket,
             google,
@@ -1174,6 +1190,13 @@ impl Config {
         m.insert("BACKEND_URL", self.backend_url.to_string());
         m.insert("FRONTEND_URL", self.frontend_url.to_string());
         m.insert("CORS_ORIGINS", self.allowed_origins().join(","));
+        m.insert(
+            "ALVRYN_METRICS_TOKEN",
+            match &self.metrics_token {
+                Some(t) => format!("set ({} bytes, redacted)", t.len()),
+                None => "not set: /metrics is open to whoever reaches it".to_owned(),
+            },
+        );
         m.insert(
             "ALVRYN_LOG_FORMAT",
             match self.log_format {

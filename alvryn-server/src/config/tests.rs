@@ -756,3 +756,22 @@ fn worker_settings_default_parse_and_report_every_problem_together() {
         "the value is not echoed: {text}"
     );
 }
+
+#[test]
+fn a_metrics_token_must_be_long_and_is_never_echoed() {
+    let env: HashMap<_, _> = [("ALVRYN_METRICS_TOKEN", "short-tok".to_owned())]
+        .into_iter()
+        .collect();
+    let p = problems_for(&env);
+    assert!(has(&p, "ALVRYN_METRICS_TOKEN", "at least 16"), "{p:?}");
+    assert!(!format!("{p:?}").contains("short-tok"));
+    let env: HashMap<_, _> = [(
+        "ALVRYN_METRICS_TOKEN",
+        "a-long-enough-metrics-token".to_owned(),
+    )]
+    .into_iter()
+    .collect();
+    let cfg = load(&env).unwrap();
+    assert!(cfg.metrics_token.is_some());
+    assert!(!format!("{:?}", cfg.describe()).contains("a-long-enough"));
+}

@@ -90,12 +90,36 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (StatusCode::SERVICE_UNAVAILABLE, no_store, Json(body)).into_response()
 }
 
-/// The process's metrics, in Prometheus's text format.
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses(
+/// Whether `headers` carry `Authorization: Bearer <token>` (compared in
+/// constant time).
+fn bearer_matches(headers: &axum::http::HeaderMap, token: &alvryn_core::SecretString) -> bool {
+    use subtle::ConstantTimeEq as _;
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .is_some_and(|(_, t)| bool::from(t.trim().as_bytes().ct_eq(token.expose().as_bytes())))
+}
+
+/// The process's metrics, in Prometheus's text format. With
+/// `ALVRYN_METRICS_TOKEN` set, only for `Authorization: Bearer <token>`.
+#[utoipa::path(get, path = "/metrics", tag = "ops", security((), ("metrics_token" = [])), responses(
     (status = 200, description = "Prometheus text exposition format.", body = String, content_type = "text/plain; version=0.0.4"),
+    (status = 401, description = "`ALVRYN_METRICS_TOKEN` is set and the request does not carry it.", body = ErrorBody),
     (status = 404, description = "No metrics recorder in this process.", body = ErrorBody),
 ))]
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    if let Some(token) = &state.config.metrics_token
+        && !bearer_matches(&headers, token)
+    {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the metrics token is required",
+        )
+        .into_response();
+    }
     // The field key's count as the ledger has it now (every process's
     // reservations), not only as of this process's last reservation.
     if let Err(e) = state.cipher.publish_usage().await {
