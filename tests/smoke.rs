@@ -55,8 +55,24 @@ fn billing_server(data: &Path) -> Server {
 
 #[test]
 fn smoke_passes_against_a_freshly_started_server() {
+    smoke_passes_against_a_fresh(alvryn());
+}
+
+/// The same against the release build of the server, the build a deploy
+/// runs (`scripts/test` builds it and names it in
+/// `ALVRYN_TEST_RELEASE_ALVRYN`).
+#[test]
+fn smoke_passes_against_a_freshly_started_release_server() {
+    let Some(release) = support::service("ALVRYN_TEST_RELEASE_ALVRYN") else {
+        return;
+    };
+    smoke_passes_against_a_fresh(support::clean_command(release.into()));
+}
+
+/// Starts `c` as a server on a fresh data folder; every step of the smoke
+/// check passes against it.
+fn smoke_passes_against_a_fresh(mut c: Command) {
     let dir = tempfile::tempdir().unwrap();
-    let mut c = alvryn();
     c.env("ALVRYN_DATA_DIR", dir.path());
     let server = Server::start(c);
     let out = smoke(&format!("http://{}", server.addr), &[]);

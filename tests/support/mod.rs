@@ -17,7 +17,12 @@ pub fn alvryn_bin() -> PathBuf {
 /// A command for the binary with a clean environment: only PATH and HOME
 /// survive, so a developer's own settings never leak into a test.
 pub fn alvryn() -> Command {
-    let mut c = Command::new(alvryn_bin());
+    clean_command(alvryn_bin())
+}
+
+/// `bin` with a clean environment, as [`alvryn`] runs the test build.
+pub fn clean_command(bin: PathBuf) -> Command {
+    let mut c = Command::new(bin);
     c.env_clear();
     for var in ["PATH", "HOME"] {
         if let Some(v) = std::env::var_os(var) {
