@@ -20,13 +20,6 @@ use alvryn::core::store::sqlite::SqliteStore;
 use sha2::{Digest as _, Sha256};
 use support::{s3_client, service};
 
-fn unique(prefix: &str) -> String {
-    let mut b = [0u8; 6];
-    rand::fill(&mut b[..]);
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{prefix}-{hex}")
-}
-
 fn event(id: &str) -> RawEvent {
     RawEvent {
         id: id.into(),
@@ -72,14 +65,14 @@ async fn an_event_reaches_s3_with_its_sha256_and_the_database_keeps_only_the_key
         return;
     };
     let client = s3_client(&moto);
-    let bucket = unique("events");
+    let bucket = support::unique("events-");
     client.create_bucket().bucket(&bucket).send().await.unwrap();
     let (store, _dir) = store().await;
     let archive = FallbackArchive::new(
         Arc::new(S3Archive::new(client.clone(), &bucket, "stripe/")),
         Arc::clone(&store),
     );
-    let e = event(&unique("evt"));
+    let e = event(&support::unique("evt-"));
     let Archived::S3 { key } = archive.archive(&e).await.unwrap() else {
         panic!("not in S3");
     };
@@ -117,12 +110,12 @@ async fn a_missing_bucket_falls_back_to_the_database() {
     let archive = FallbackArchive::new(
         Arc::new(S3Archive::new(
             s3_client(&moto),
-            unique("no-such-bucket"),
+            support::unique("no-such-bucket-"),
             "",
         )),
         Arc::clone(&store),
     );
-    let e = event(&unique("evt"));
+    let e = event(&support::unique("evt-"));
     assert_falls_back(&archive, &store, &e).await;
 }
 

@@ -29,13 +29,6 @@ const KEY: &str = "sk_test_alvrynBillingEndToEndDoNotLeak";
 
 use stripe_support::now as now_s;
 
-fn unique(prefix: &str) -> String {
-    let mut b = [0u8; 6];
-    rand::fill(&mut b[..]);
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{prefix}{hex}")
-}
-
 /// `alvryn` with billing configured against `api_base` and a fresh data
 /// folder, plus `extra` variables.
 fn billing_cmd(
@@ -59,7 +52,7 @@ fn billing_cmd(
 
 /// Signs up and returns the access token and the user id.
 fn signup(addr: SocketAddr) -> (String, String) {
-    let email = format!("{}@example.com", unique("billing-"));
+    let email = format!("{}@example.com", support::unique("billing-"));
     let r = post_json(
         addr,
         "/auth/signup",
@@ -102,10 +95,6 @@ fn deliver(addr: SocketAddr, body: &str, signature: Option<&str>) -> Response {
 fn deliver_signed(addr: SocketAddr, script: &str, body: &str) -> Response {
     let sig = stripe_support::sign_one(script, body, WHSEC, now_s());
     deliver(addr, body, Some(&sig))
-}
-
-fn code(r: &Response) -> String {
-    r.json()["error"]["code"].as_str().unwrap_or("").to_owned()
 }
 
 /// Polls `f` until it returns `Some`, for at most `secs` seconds.
@@ -158,7 +147,7 @@ fn without_stripe_settings_every_billing_route_is_503_billing_not_configured() {
     ];
     for r in checks {
         assert_eq!(r.status, 503, "{}", r.body);
-        assert_eq!(code(&r), "billing_not_configured", "{}", r.body);
+        assert_eq!(r.code(), "billing_not_configured", "{}", r.body);
     }
     // The plan is the account's own.
     let me = with_bearer(server.addr, "GET", "/auth/me", &token).json();
@@ -181,7 +170,7 @@ fn hostile_deliveries_get_4xx_and_leave_nothing_behind() {
     let server = Server::start(billing_cmd(dir.path(), &base, prices, &[]));
     let addr = server.addr;
     let body = event(
-        &unique("evt_hostile"),
+        &support::unique("evt_hostile"),
         "customer.created",
         now_s(),
         stripe_support::resource("customer"),
@@ -201,7 +190,7 @@ fn hostile_deliveries_get_4xx_and_leave_nothing_behind() {
     ] {
         let r = deliver(addr, &body, sig);
         assert_eq!(r.status, 400, "{what}: {}", r.body);
-        assert_eq!(code(&r), "invalid_signature", "{what}: {}", r.body);
+        assert_eq!(r.code(), "invalid_signature", "{what}: {}", r.body);
     }
     // A tampered body under a good signature.
     let good = stripe_support::sign_one(&script, &body, WHSEC, now_s());
@@ -212,14 +201,14 @@ fn hostile_deliveries_get_4xx_and_leave_nothing_behind() {
     // Verified, but not an event: 4xx, never 5xx.
     let r = deliver_signed(addr, &script, r#"{"hello":"world"}"#);
     assert_eq!(
-        (r.status, code(&r).as_str()),
+        (r.status, r.code().as_str()),
         (400, "invalid_event"),
         "{}",
         r.body
     );
     let r = deliver_signed(addr, &script, "not json at all");
     assert_eq!(
-        (r.status, code(&r).as_str()),
+        (r.status, r.code().as_str()),
         (400, "invalid_event"),
         "{}",
         r.body
@@ -229,7 +218,7 @@ fn hostile_deliveries_get_4xx_and_leave_nothing_behind() {
     let huge = "x".repeat(1024 * 1024 + 1);
     let r = deliver(addr, &huge, Some(&good));
     assert_eq!(
-        (r.status, code(&r).as_str()),
+        (r.status, r.code().as_str()),
         (413, "payload_too_large"),
         "{}",
         r.body
@@ -238,7 +227,12 @@ fn hostile_deliveries_get_4xx_and_leave_nothing_behind() {
     // the webhook has its own body limit, not the JSON API's 16 KiB.
     let mut customer = stripe_support::resource("customer");
     customer["metadata"] = json!({ "padding": "y".repeat(200 * 1024) });
-    let big = event(&unique("evt_big"), "customer.created", now_s(), customer);
+    let big = event(
+        &support::unique("evt_big"),
+        "customer.created",
+        now_s(),
+        customer,
+    );
     let r = deliver_signed(addr, &script, &big);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["outcome"], "ignored");
@@ -277,14 +271,14 @@ fn localstripe_deliveries_set_the_plan_and_cancellation_takes_it_away() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let price = unique("price_alvrynE2e");
+    let price = support::unique("price_alvrynE2e");
     let prices = format!("{price}:pro");
     let server = Server::start(billing_cmd(dir.path(), &ls, &prices, &[]));
     let addr = server.addr;
     let (token, user) = signup(addr);
 
     // localstripe delivers signed webhooks to the running server.
-    let hook = unique("alvryn_e2e_");
+    let hook = support::unique("alvryn_e2e_");
     let hook_path = format!("/_config/webhooks/{hook}");
     let url = format!("http://{addr}/webhooks/stripe");
     stripe_form(
@@ -331,7 +325,7 @@ fn localstripe_deliveries_set_the_plan_and_cancellation_takes_it_away() {
         Some(&token),
     );
     assert_eq!(
-        (r.status, code(&r).as_str()),
+        (r.status, r.code().as_str()),
         (409, "already_subscribed"),
         "{}",
         r.body
@@ -374,7 +368,7 @@ fn checkout_creates_the_customer_once_and_the_portal_reuses_it() {
     // No customer yet: the portal has nothing to show.
     let r = post_json(addr, "/billing/portal", &json!({}), Some(&token));
     assert_eq!(
-        (r.status, code(&r).as_str()),
+        (r.status, r.code().as_str()),
         (409, "no_billing_account"),
         "{}",
         r.body
@@ -392,7 +386,7 @@ fn checkout_creates_the_customer_once_and_the_portal_reuses_it() {
     ] {
         let r = post_json(addr, "/billing/checkout", &body, Some(&token));
         assert_eq!(
-            (r.status, code(&r).as_str()),
+            (r.status, r.code().as_str()),
             (status, want),
             "{body}: {}",
             r.body
@@ -485,7 +479,7 @@ fn stripe_down_is_503_billing_unavailable_with_retry_after() {
         Some(&token),
     );
     assert_eq!(
-        (r.status, code(&r).as_str()),
+        (r.status, r.code().as_str()),
         (503, "billing_unavailable"),
         "{}",
         r.body
@@ -519,7 +513,7 @@ fn events_reach_s3_and_every_s3_fault_ends_with_the_raw_payload_in_the_database(
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s3 = support::s3_client(&moto);
-    let bucket = unique("alvryn-e2e-");
+    let bucket = support::unique("alvryn-e2e-");
     rt.block_on(s3.create_bucket().bucket(&bucket).send())
         .unwrap();
 
@@ -534,7 +528,7 @@ fn events_reach_s3_and_every_s3_fault_ends_with_the_raw_payload_in_the_database(
     // S3 up: the body is in the bucket, the database keeps the key only.
     let dir = tempfile::tempdir().unwrap();
     let server = s3_server(dir.path(), &moto, &bucket);
-    let id = unique("evt_s3ok");
+    let id = support::unique("evt_s3ok");
     let sent = body(&id);
     let r = deliver_signed(server.addr, &script, &sent);
     assert_eq!(r.status, 200, "{}", r.body);
@@ -595,7 +589,7 @@ fn events_reach_s3_and_every_s3_fault_ends_with_the_raw_payload_in_the_database(
     ] {
         let dir = tempfile::tempdir().unwrap();
         let server = s3_server(dir.path(), endpoint, bucket);
-        let id = unique("evt_s3fault");
+        let id = support::unique("evt_s3fault");
         let sent = body(&id);
         let r = deliver_signed(server.addr, &script, &sent);
         assert_eq!(r.status, 200, "{what}: {}", r.body);
@@ -630,9 +624,9 @@ fn unknown_prices_are_quarantined_listed_and_replayed_after_the_map_is_fixed() {
     let base = dead_base();
     let server = Server::start(billing_cmd(dir.path(), &base, "price_alvrynPro:pro", &[]));
     let (token, user) = signup(server.addr);
-    let id = unique("evt_quarantine");
+    let id = support::unique("evt_quarantine");
     let sub = subscription(
-        &unique("sub_q"),
+        &support::unique("sub_q"),
         &user,
         "price_alvrynUnmapped",
         "active",
@@ -707,13 +701,13 @@ fn a_hundred_concurrent_deliveries_of_one_event_apply_it_once() {
     let base = dead_base();
     let server = Server::start(billing_cmd(dir.path(), &base, "price_alvrynPro:pro", &[]));
     let (token, user) = signup(server.addr);
-    let id = unique("evt_hundred");
+    let id = support::unique("evt_hundred");
     let body = event(
         &id,
         "customer.subscription.created",
         now_s(),
         subscription(
-            &unique("sub_h"),
+            &support::unique("sub_h"),
             &user,
             "price_alvrynPro",
             "active",
@@ -764,7 +758,7 @@ fn kill_9_mid_burst_loses_no_acknowledged_event() {
     let addr = server.addr;
     let bodies: Vec<(String, String)> = (0..400)
         .map(|_| {
-            let id = unique("evt_burst");
+            let id = support::unique("evt_burst");
             let body = event(
                 &id,
                 "customer.created",

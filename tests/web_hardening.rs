@@ -118,13 +118,6 @@ fn log_with(server: &Server, needles: &[&str]) -> String {
     }
 }
 
-fn unique(prefix: &str) -> String {
-    let mut b = [0u8; 6];
-    rand::fill(&mut b[..]);
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{prefix}{hex}")
-}
-
 fn tokens(r: &Response) -> (String, String) {
     let v = r.json();
     (
@@ -182,7 +175,7 @@ fn every_route_and_every_error_carries_the_security_headers() {
     };
     let oidc = oidc.trim_end_matches('/').to_owned();
     let oidc_addr = Url::parse(&oidc).unwrap().socket_addrs(|| None).unwrap()[0];
-    let client_id = unique("alvryn-web-");
+    let client_id = support::unique("alvryn-web-");
     let dir = tempfile::tempdir().unwrap();
     let mut c = alvryn();
     c.env("ALVRYN_DATA_DIR", dir.path())
@@ -235,7 +228,7 @@ fn every_route_and_every_error_carries_the_security_headers() {
     );
 
     // Accounts and sessions.
-    let email = format!("{}@example.com", unique("web-"));
+    let email = format!("{}@example.com", support::unique("web-"));
     let r = signup(a, &email);
     let (access, refresh) = tokens(&r);
     see(
@@ -309,7 +302,7 @@ fn every_route_and_every_error_carries_the_security_headers() {
         "/__control/next",
         &json!({
             "client_id": client_id,
-            "claims": {"sub": unique("sub-"), "email": unique("oidc-") + "@example.com", "email_verified": true},
+            "claims": {"sub": support::unique("sub-"), "email": support::unique("oidc-") + "@example.com", "email_verified": true},
             "mode": "normal",
             "hmac_key": "pem",
         }),
@@ -680,7 +673,7 @@ fn cors_allows_the_listed_origins_with_credentials_and_nothing_else() {
 
     // Origins not on the list, some of them close: no allow-origin, no
     // credentials, in a preflight or in a request.
-    let signed_up = signup(a, &format!("{}@example.com", unique("cors-")));
+    let signed_up = signup(a, &format!("{}@example.com", support::unique("cors-")));
     let (access, _) = tokens(&signed_up);
     for origin in [
         "https://evil.example.com",
@@ -901,7 +894,7 @@ fn json_logs_are_one_object_a_line_with_route_templates_and_no_secrets() {
     let server = Server::start(c);
     let a = server.addr;
 
-    let email = format!("{}@example.com", unique("json-"));
+    let email = format!("{}@example.com", support::unique("json-"));
     let mut secrets: Vec<String> =
         vec![PASSWORD.to_owned(), JWT.to_owned(), JWT_REFRESH.to_owned()];
     let r = signup(a, &email);
@@ -1113,12 +1106,12 @@ fn readyz_checks_the_archive_bucket_on_s3() {
     };
     // A bucket that does not exist.
     let dir = tempfile::tempdir().unwrap();
-    let missing = s3_server(dir.path(), &moto, &unique("alvryn-missing-"));
+    let missing = s3_server(dir.path(), &moto, &support::unique("alvryn-missing-"));
     assert_not_ready_for_s3(&missing, "bucket missing");
     drop(missing);
 
     // The bucket exists: ready.
-    let bucket = unique("alvryn-ready-");
+    let bucket = support::unique("alvryn-ready-");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         support::s3_client(&moto)

@@ -24,13 +24,6 @@ const KEY: &str = "sk_test_alvrynWorkerDoNotLeak";
 const PENDING_UPLOAD: i64 = 1;
 const IN_S3: i64 = 3;
 
-fn unique(prefix: &str) -> String {
-    let mut b = [0u8; 6];
-    rand::fill(&mut b[..]);
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{prefix}{hex}")
-}
-
 /// `alvryn` with billing and the S3 archive at `s3_endpoint`.
 fn cmd(dir: &Path, s3_endpoint: &str, bucket: &str, extra: &[(&str, &str)]) -> Command {
     let mut c = alvryn();
@@ -58,7 +51,7 @@ fn pending_events(dir: &Path, script: &str, bucket: &str, n: usize) -> Vec<(Stri
     let now = stripe_support::now();
     let events: Vec<(String, String)> = (0..n)
         .map(|i| {
-            let id = unique(&format!("evt_worker{i}_"));
+            let id = support::unique(&format!("evt_worker{i}_"));
             let body = serde_json::to_string_pretty(&stripe_support::envelope(
                 &id,
                 "customer.created",
@@ -142,7 +135,7 @@ fn lease(dir: &Path, name: &str) -> Option<(String, i64)> {
 /// second upload of an event cannot hide behind the first.
 fn versioned_bucket(rt: &tokio::runtime::Runtime, s3: &aws_sdk_s3::Client) -> String {
     use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
-    let bucket = unique("alvryn-worker-");
+    let bucket = support::unique("alvryn-worker-");
     rt.block_on(s3.create_bucket().bucket(&bucket).send())
         .unwrap();
     rt.block_on(
@@ -404,7 +397,7 @@ async fn an_upload_made_before_a_crash_is_not_written_again() {
         return;
     };
     let s3 = support::s3_client(&moto);
-    let bucket = unique("alvryn-crash-window-");
+    let bucket = support::unique("alvryn-crash-window-");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     s3.put_bucket_versioning()
         .bucket(&bucket)
@@ -422,7 +415,7 @@ async fn an_upload_made_before_a_crash_is_not_written_again() {
             .await
             .unwrap(),
     );
-    let id = unique("evt_crash_");
+    let id = support::unique("evt_crash_");
     let first =
         format!(r#"{{"id":"{id}","object":"event","created":1796022000,"pending_webhooks":2}}"#);
     store

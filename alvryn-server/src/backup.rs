@@ -275,16 +275,10 @@ fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
         .open(path)
 }
 
-fn random_hex() -> String {
-    let mut b = [0u8; 6];
-    rand::fill(&mut b[..]);
-    b.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn mongo_backup(uri: &SecretString, out_dir: &Path) -> ExitCode {
     let secrets = uri_passwords(uri.expose());
     let dest = free_name(out_dir, &stamp(), ".archive.gz");
-    let suffix = random_hex();
+    let suffix = alvryn_core::random_hex(6);
     let config_file = out_dir.join(format!(".mongodump-{suffix}.yaml"));
     let partial = out_dir.join(format!(".alvryn-{suffix}.archive.gz.partial"));
     let cleanup = || {

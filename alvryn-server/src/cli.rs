@@ -656,13 +656,7 @@ fn write_new_blob(output: &std::path::Path, blob: &str, force: bool) -> std::io:
         .unwrap_or_default();
     let mut suffix = [0u8; 8];
     rand::fill(&mut suffix[..]);
-    let tmp = folder.join(format!(
-        ".{name}.{}.tmp",
-        suffix
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    ));
+    let tmp = folder.join(format!(".{name}.{}.tmp", alvryn_core::hex(&suffix)));
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)

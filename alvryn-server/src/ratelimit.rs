@@ -419,13 +419,9 @@ pub fn ip_subject(ip: IpAddr) -> String {
 /// it is not a valid address), in hex. Never the email itself.
 #[must_use]
 pub fn account_subject(email: &str) -> String {
-    use std::fmt::Write as _;
     let normalized = normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
     let digest = Sha256::digest(normalized.as_bytes());
-    digest[..16].iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    alvryn_core::hex(&digest[..16])
 }
 
 /// A counter's standing after a request.

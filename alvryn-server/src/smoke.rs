@@ -157,11 +157,7 @@ impl Client {
     }
 }
 
-fn random_hex(n: usize) -> String {
-    let mut b = vec![0u8; n];
-    rand::fill(&mut b[..]);
-    b.iter().map(|b| format!("{b:02x}")).collect()
-}
+use alvryn_core::random_hex;
 
 fn unix_now() -> i64 {
     std::time::SystemTime::now()

@@ -620,3 +620,8 @@ pub fn documented_operations(addr: SocketAddr) -> std::collections::BTreeSet<(St
         })
         .collect()
 }
+
+/// `prefix` and 12 random hex digits: a name no other test run uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", alvryn::core::random_hex(6))
+}

@@ -64,31 +64,33 @@ impl RawEvent {
     /// SHA-256 of the body, lowercase hex.
     #[must_use]
     pub fn sha256_hex(&self) -> String {
-        Sha256::digest(&self.body)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::hex(&Sha256::digest(&self.body))
     }
 
     /// `{prefix}YYYY/MM/DD/{id}.json`, dated by `created` (UTC).
     #[must_use]
     pub fn s3_key(&self, prefix: &str) -> String {
-        let (y, m, d) = civil_date(self.created.div_euclid(86_400));
-        // Event ids are `evt_` and alphanumerics; anything else is
-        // replaced so a key never leaves its folder.
-        let id: String = self
-            .id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        format!("{prefix}{y:04}/{m:02}/{d:02}/{id}.json")
+        s3_key(&self.id, self.created, prefix)
     }
+}
+
+/// The S3 key of the event `id` created at `created` (see
+/// [`RawEvent::s3_key`]).
+fn s3_key(id: &str, created: i64, prefix: &str) -> String {
+    let (y, m, d) = civil_date(created.div_euclid(86_400));
+    // Event ids are `evt_` and alphanumerics; anything else is
+    // replaced so a key never leaves its folder.
+    let id: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{prefix}{y:04}/{m:02}/{d:02}/{id}.json")
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01 (Howard
@@ -192,7 +194,6 @@ impl EventKey {
 pub struct DatabaseArchive {
     store: Arc<dyn StoreBackend>,
     status: u32,
-    now_ms: fn() -> i64,
 }
 
 impl fmt::Debug for DatabaseArchive {
@@ -210,14 +211,13 @@ impl DatabaseArchive {
         Self {
             store,
             status: KEPT_IN_DATABASE,
-            now_ms: super::now_ms,
         }
     }
 
     /// The raw body kept in the database (`Ok(Ok(body))`), or the S3 key
     /// it records instead (`Ok(Err(Some(key)))`), or nothing.
     async fn kept(&self, id: &str) -> Result<Result<Vec<u8>, Option<String>>, StoreError> {
-        let record = self.store.record(ARCHIVE_NS, id, (self.now_ms)()).await?;
+        let record = self.store.record(ARCHIVE_NS, id, super::now_ms()).await?;
         Ok(match record {
             Some(r) if r.status == PENDING_UPLOAD || r.status == KEPT_IN_DATABASE => Ok(r.data),
             Some(r) if r.status == IN_S3 => Err(String::from_utf8(r.data).ok()),
@@ -228,7 +228,7 @@ impl DatabaseArchive {
     /// Keeps `data` for `event` at `status`; an existing record of the
     /// event is left as it is (the event was archived before).
     async fn keep(&self, event: &RawEvent, status: u32, data: Vec<u8>) -> Result<(), StoreError> {
-        let now = (self.now_ms)();
+        let now = super::now_ms();
         let record = Record {
             ns: ARCHIVE_NS.to_owned(),
             key: event.id.clone(),
@@ -301,7 +301,6 @@ impl FallbackArchive {
             database: DatabaseArchive {
                 store,
                 status: PENDING_UPLOAD,
-                now_ms: super::now_ms,
             },
         }
     }
@@ -424,14 +423,10 @@ impl EventArchive for S3Archive {
     }
 
     async fn retrieve(&self, key: &EventKey) -> Result<Option<Vec<u8>>, ArchiveError> {
-        let object = key.s3_key.clone().unwrap_or_else(|| {
-            RawEvent {
-                id: key.id.clone(),
-                created: key.created,
-                body: Vec::new(),
-            }
-            .s3_key(&self.prefix)
-        });
+        let object = key
+            .s3_key
+            .clone()
+            .unwrap_or_else(|| s3_key(&key.id, key.created, &self.prefix));
         let unavailable = |e: String| ArchiveError::Unavailable(e.into());
         let got = match self
             .client

@@ -221,10 +221,7 @@ impl fmt::Debug for Subscriptions {
 }
 
 fn fresh_key(what: &str) -> String {
-    let mut b = [0u8; 16];
-    rand::fill(&mut b[..]);
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("alvryn-{what}-{hex}")
+    format!("alvryn-{what}-{}", crate::random_hex(16))
 }
 
 impl Subscriptions {

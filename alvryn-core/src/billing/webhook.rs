@@ -355,8 +355,6 @@ pub fn verify(
 /// ```
 #[must_use]
 pub fn sign(payload: &[u8], secret: &SecretString, timestamp_s: i64) -> String {
-    use std::fmt::Write as _;
-
     let timestamp = timestamp_s.to_string();
     let mut header = format!("t={timestamp},v1=");
     // HMAC takes keys of any length: this cannot fail.
@@ -364,9 +362,7 @@ pub fn sign(payload: &[u8], secret: &SecretString, timestamp_s: i64) -> String {
         mac.update(timestamp.as_bytes());
         mac.update(b".");
         mac.update(payload);
-        for b in mac.finalize().into_bytes() {
-            let _ = write!(header, "{b:02x}");
-        }
+        header.push_str(&crate::hex(&mac.finalize().into_bytes()));
     }
     header
 }

@@ -55,17 +55,11 @@ impl KeyId {
 /// `k` followed by the first 8 bytes of `SHA-256("alvryn.key-id.v1" ||
 /// key)` in hex: 17 characters.
 fn fingerprint_of(key: &SecretBytes) -> Box<str> {
-    use std::fmt::Write as _;
     let mut h = Sha256::new();
     h.update(b"alvryn.key-id.v1");
     h.update(key.expose());
     let digest = h.finalize();
-    let mut s = String::with_capacity(17);
-    s.push('k');
-    for b in &digest[..8] {
-        let _ = write!(s, "{b:02x}");
-    }
-    s.into()
+    format!("k{}", crate::hex(&digest[..8])).into()
 }
 
 /// What the [usage ledger](super::ledger) counts encryptions under: a

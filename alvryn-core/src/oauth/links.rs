@@ -107,7 +107,7 @@ pub(crate) async fn link(
     // (user, provider)): the user's slot for the provider is taken first,
     // by insert-if-absent, so two concurrent links of different accounts
     // cannot both win.
-    let slot_key = format!("{user_id}:{provider}");
+    let slot_key = super::tokens::token_key(user_id, provider);
     let slot = Record {
         ns: SLOT_NS.to_owned(),
         key: slot_key.clone(),
@@ -178,7 +178,10 @@ pub(crate) async fn unlink(
         .remove_record(LINK_NS, &key(link.provider, &link.subject))
         .await?;
     store
-        .remove_record(SLOT_NS, &format!("{}:{}", link.user_id, link.provider))
+        .remove_record(
+            SLOT_NS,
+            &super::tokens::token_key(&link.user_id, link.provider),
+        )
         .await?;
     Ok(removed)
 }

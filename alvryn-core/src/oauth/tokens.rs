@@ -374,11 +374,7 @@ impl ProviderTokens {
         provider: Provider,
     ) -> Result<SecretString, OAuthError> {
         let name = format!("provider_refresh:{}", token_key(user_id, provider));
-        let holder = {
-            let mut b = [0u8; 16];
-            rand::fill(&mut b[..]);
-            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
-        };
+        let holder = crate::random_hex(16);
         // A refresh takes one provider round trip; a holder that died
         // frees the lease after its time to live.
         let mut lease = None;

@@ -595,27 +595,17 @@ impl Reader<'_> {
 
     fn limits(&mut self) -> ConnectionLimits {
         let mut limits = ConnectionLimits::default();
-        let number = |r: &mut Self, var: &'static str, min: u64, max: u64| -> Option<u64> {
-            let t = r.text(var)?;
-            match t.trim().parse::<u64>() {
-                Ok(n) if (min..=max).contains(&n) => Some(n),
-                _ => {
-                    r.problem(var, format!("must be a whole number from {min} to {max}"));
-                    None
-                }
-            }
-        };
         let secs = std::time::Duration::from_secs;
-        if let Some(n) = number(self, "ALVRYN_HEADER_TIMEOUT_SECONDS", 1, 600) {
+        if let Some(n) = self.number("ALVRYN_HEADER_TIMEOUT_SECONDS", 1, 600) {
             limits.header_timeout = secs(n);
         }
-        if let Some(n) = number(self, "ALVRYN_BODY_TIMEOUT_SECONDS", 1, 600) {
+        if let Some(n) = self.number("ALVRYN_BODY_TIMEOUT_SECONDS", 1, 600) {
             limits.body_timeout = secs(n);
         }
-        if let Some(n) = number(self, "ALVRYN_REQUEST_TIMEOUT_SECONDS", 1, 3600) {
+        if let Some(n) = self.number("ALVRYN_REQUEST_TIMEOUT_SECONDS", 1, 3600) {
             limits.request_timeout = secs(n);
         }
-        if let Some(n) = number(self, "ALVRYN_MAX_CONNECTIONS", 1, 1_000_000) {
+        if let Some(n) = self.number("ALVRYN_MAX_CONNECTIONS", 1, 1_000_000) {
             limits.max_connections = usize::try_from(n).unwrap_or(usize::MAX);
         }
         limits

@@ -357,6 +357,19 @@ async fn revoke_session(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The token of an `Authorization: Bearer <token>` value (the scheme is
+/// case-insensitive, RFC 9110 §11.1); `None` for another scheme or an
+/// empty token.
+pub(crate) fn bearer_token(value: &HeaderValue) -> Option<&str> {
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
 /// The caller, from `Authorization: Bearer <access token>`.
 pub struct Bearer(pub Principal);
 
@@ -371,21 +384,13 @@ impl FromRequestParts<AppState> for Bearer {
                 "an access token is required",
             )
         })?;
-        // The scheme is case-insensitive (RFC 9110 §11.1).
-        let token = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token.trim())
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "invalid_token",
-                    "the token is invalid or expired",
-                )
-            })?;
+        let token = bearer_token(value).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "the token is invalid or expired",
+            )
+        })?;
         Ok(Bearer(state.auth.authenticate(token).await?))
     }
 }

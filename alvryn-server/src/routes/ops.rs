@@ -96,10 +96,8 @@ fn bearer_matches(headers: &axum::http::HeaderMap, token: &alvryn_core::SecretSt
     use subtle::ConstantTimeEq as _;
     headers
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .is_some_and(|(_, t)| bool::from(t.trim().as_bytes().ct_eq(token.expose().as_bytes())))
+        .and_then(super::auth::bearer_token)
+        .is_some_and(|t| bool::from(t.as_bytes().ct_eq(token.expose().as_bytes())))
 }
 
 /// The process's metrics, in Prometheus's text format. With

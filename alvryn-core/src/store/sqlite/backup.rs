@@ -190,10 +190,7 @@ fn temporary_beside(target: &Path) -> Result<(PathBuf, File), BackupError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut suffix = [0u8; 6];
-    rand::fill(&mut suffix[..]);
-    let hex: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = folder.join(format!(".{name}.{hex}.partial"));
+    let tmp = folder.join(format!(".{name}.{}.partial", crate::random_hex(6)));
     let file = OpenOptions::new()
         .write(true)
         .create_new(true)
