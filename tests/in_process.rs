@@ -317,7 +317,9 @@ async fn a_body_that_fails_mid_stream_is_a_400_without_the_transport_error() {
 
 #[tokio::test]
 async fn a_body_that_stops_arriving_is_408_body_timeout() {
-    let h = Harness::new();
+    // The request timeout well past the body's 1 s, so the body timeout
+    // is the one that fires (with both at 1 s they raced).
+    let h = Harness::with_vars(&[("ALVRYN_REQUEST_TIMEOUT_SECONDS", "5")]);
     let first: Result<&'static str, std::io::Error> = Ok(r#"{"email":"#);
     let stream = futures_util::StreamExt::chain(
         futures_util::stream::iter(vec![first]),
