@@ -56,9 +56,24 @@ pub const MAX_HEADERS: usize = 100;
 /// The embedded database file inside the data folder.
 pub const EMBEDDED_DB_FILE: &str = "alvryn.db";
 
-/// What every request handler can reach.
+/// What every request handler can reach: one shared [`Shared`], so the
+/// clone axum makes for every request is one reference count (the
+/// fields are read through `Deref`: `state.auth`).
 #[derive(Clone, Debug)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of an [`AppState`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Shared {
     /// The validated configuration.
     pub config: Arc<Config>,
     /// Field encryption with the configured keys.
@@ -306,7 +321,7 @@ impl AppState {
         for settings in [&config.google, &config.microsoft].into_iter().flatten() {
             oauth = oauth.provider(settings.clone());
         }
-        Self {
+        Self(Arc::new(Shared {
             config: Arc::new(config),
             cipher,
             auth,
@@ -314,7 +329,7 @@ impl AppState {
             billing,
             readiness,
             limiter,
-        }
+        }))
     }
 }
 
@@ -395,7 +410,7 @@ impl Parts {
 /// configuration: a body must arrive within the body timeout, and a
 /// request is answered within the request timeout or with 503 `timeout`;
 /// around it all, security headers, CORS, request ids and the access log
-/// ([`web`]). Every request is counted and timed ([`prometheus::track`];
+/// ([`web`]). Every request is counted and timed ([`prometheus::record`];
 /// the recorder is installed here if it is not yet). [`serve_on`] adds
 /// the connection limits and the peer address
 /// ([`axum::extract::ConnectInfo`], which the per-IP rate limits need).
@@ -404,28 +419,24 @@ pub fn app(state: AppState) -> Router {
     let config = Arc::clone(&state.config);
     let limiter = Arc::clone(&state.limiter);
     prometheus::install();
-    let router = routes::router()
-        .with_state(state)
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(axum::error_handling::HandleErrorLayer::new(
-                    |_: tower::BoxError| async {
-                        ApiError::new(
-                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                            "timeout",
-                            "the request took too long; try again",
-                        )
-                    },
-                ))
-                .timeout(limits.request_timeout)
-                .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-                    limits.body_timeout,
-                ))
-                // For the rate-limit route layer (`ratelimit::by_client_ip`).
-                .layer(axum::Extension(limiter)),
-        )
-        // Requests the timeout answers are counted too.
-        .layer(axum::middleware::from_fn(prometheus::track));
+    let router = routes::router().with_state(state).layer(
+        tower::ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(
+                |_: tower::BoxError| async {
+                    ApiError::new(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        "timeout",
+                        "the request took too long; try again",
+                    )
+                },
+            ))
+            .timeout(limits.request_timeout)
+            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+                limits.body_timeout,
+            ))
+            // For the rate-limit route layer (`ratelimit::by_client_ip`).
+            .layer(axum::Extension(limiter)),
+    );
     web::layers(router, &config)
 }
 

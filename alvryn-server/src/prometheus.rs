@@ -10,10 +10,10 @@
 //! has; the method is one of the standard ones, else `other`.
 
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::MatchedPath;
-use axum::http::Method;
+use axum::http::{Method, StatusCode};
 use metrics::{Unit, describe_counter, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -105,29 +105,22 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// Middleware: counts each request and times it, by method, route
-/// template and status. Place it outermost, so requests answered by the
-/// timeout and panic layers are counted with their status.
-pub async fn track(
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let started = Instant::now();
-    let method = method_label(req.method());
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(req).await;
-    let status = response.status().as_u16().to_string();
+/// Counts a request answered with `status` and records how long it
+/// took, by method and route template (`unmatched` for none). The access
+/// log ([`crate::web`]), outermost around every route, calls it, so
+/// requests answered by the timeout and panic layers, and CORS
+/// preflights, are counted with their status.
+pub fn record(method: &Method, route: Option<&MatchedPath>, status: StatusCode, took: Duration) {
     let labels = [
-        ("method", method.to_owned()),
-        ("route", route),
-        ("status", status),
+        ("method", method_label(method).to_owned()),
+        (
+            "route",
+            route.map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned()),
+        ),
+        ("status", status.as_str().to_owned()),
     ];
     metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
-    metrics::histogram!(HTTP_DURATION, &labels).record(started.elapsed().as_secs_f64());
-    response
+    metrics::histogram!(HTTP_DURATION, &labels).record(took.as_secs_f64());
 }
 
 #[cfg(test)]

@@ -9,17 +9,18 @@
 //!
 //! 1. the client's `x-request-id` is kept only if it is sane
 //!    ([`is_sane_request_id`]: at most 128 characters of `A-Z a-z 0-9 .
-//!    _ -`), otherwise dropped and replaced by a generated UUID
+//!    _ -`), otherwise dropped and replaced by a random UUID
 //!    (tower-http's `SetRequestId`), and echoed on the answer
 //!    (`PropagateRequestId`);
 //! 2. [`access_log`]: the request runs inside a `request` span with its
-//!    `request_id` (so every log line of the request names it), and one
-//!    INFO line (target `alvryn::access`) follows it with the method,
+//!    `request_id` (so every log line of the request names it), is
+//!    counted and timed for `/metrics` ([`crate::prometheus::record`]),
+//!    and one INFO line (target `alvryn::access`) follows it with the
+//!    method,
 //!    the route *template* (`/auth/sessions/{id}`, never the path with
 //!    its ids, never the query), the status, the latency and the id;
 //!    nothing from the headers or the body;
-//! 3. [`SECURITY_HEADERS`], set over whatever the inner layers answered
-//!    (tower-http's `SetResponseHeader`);
+//! 3. [`SECURITY_HEADERS`], set over whatever the inner layers answered;
 //! 4. CORS (tower-http's `CorsLayer`) for an explicit list of origins
 //!    ([`Config::allowed_origins`]): an origin not on it gets no
 //!    `Access-Control-Allow-Origin` and no `Access-Control-Allow-Credentials`.
@@ -30,6 +31,7 @@
 //! the same security headers (see [`crate::wire`]); they have no request
 //! id, since there was no request to name.
 
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -39,12 +41,11 @@ use axum::http::{Method, request::Parts};
 use axum::middleware::Next;
 use axum::response::Response;
 use tower::ServiceBuilder;
-use tower::util::MapRequestLayer;
+use tower::util::{MapRequestLayer, MapResponseLayer};
 use tower_http::cors::{AllowCredentials, AllowOrigin, CorsLayer};
 use tower_http::request_id::{
-    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
-use tower_http::set_header::SetResponseHeaderLayer;
 use tracing::Instrument as _;
 
 use crate::Config;
@@ -90,38 +91,42 @@ pub const SECURITY_HEADERS: [(&str, &str); 12] = [
 /// Wraps every route and fallback of `router` in the layers this module
 /// describes, configured from `config`.
 pub fn layers(router: Router, config: &Config) -> Router {
-    let header = |i: usize| {
-        let (name, value) = SECURITY_HEADERS[i];
-        SetResponseHeaderLayer::overriding(
-            HeaderName::from_static(name),
-            HeaderValue::from_static(value),
-        )
-    };
     router.layer(
         ServiceBuilder::new()
             .layer(MapRequestLayer::new(drop_insane_request_id))
             .layer(SetRequestIdLayer::new(
                 HeaderName::from_static(REQUEST_ID),
-                MakeRequestUuid,
+                RandomUuid,
             ))
             .layer(PropagateRequestIdLayer::new(HeaderName::from_static(
                 REQUEST_ID,
             )))
             .layer(axum::middleware::from_fn(access_log))
-            .layer(header(0))
-            .layer(header(1))
-            .layer(header(2))
-            .layer(header(3))
-            .layer(header(4))
-            .layer(header(5))
-            .layer(header(6))
-            .layer(header(7))
-            .layer(header(8))
-            .layer(header(9))
-            .layer(header(10))
-            .layer(header(11))
+            .layer(MapResponseLayer::new(set_security_headers))
             .layer(cors(config)),
     )
+}
+
+/// Sets every one of [`SECURITY_HEADERS`] on `response`, replacing what
+/// an inner layer set. One layer for all twelve: axum clones a route's
+/// whole layer stack for every request.
+fn set_security_headers(mut response: Response) -> Response {
+    static HEADERS: LazyLock<Vec<(HeaderName, HeaderValue)>> = LazyLock::new(|| {
+        SECURITY_HEADERS
+            .iter()
+            .map(|&(name, value)| {
+                (
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                )
+            })
+            .collect()
+    });
+    let headers = response.headers_mut();
+    for (name, value) in HEADERS.iter() {
+        headers.insert(name.clone(), value.clone());
+    }
+    response
 }
 
 /// CORS for the configured origins only, with credentials, for the API's
@@ -153,6 +158,22 @@ fn cors(config: &Config) -> CorsLayer {
         .max_age(CORS_MAX_AGE)
 }
 
+/// Makes request ids: random (version 4) UUIDs from the thread's random
+/// generator, not a system call per request as `MakeRequestUuid`'s.
+#[derive(Clone, Copy, Debug)]
+struct RandomUuid;
+
+impl MakeRequestId for RandomUuid {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let mut bytes = [0u8; 16];
+        rand::fill(&mut bytes);
+        let id = uuid::Builder::from_random_bytes(bytes).into_uuid();
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = id.hyphenated().encode_lower(&mut text);
+        HeaderValue::from_str(text).ok().map(RequestId::new)
+    }
+}
+
 /// Whether a client's request id is kept: 1 to [`MAX_REQUEST_ID_LEN`]
 /// characters of `A-Z a-z 0-9 . _ -`, safe in any log line.
 #[must_use]
@@ -181,31 +202,29 @@ fn drop_insane_request_id<B>(mut req: axum::http::Request<B>) -> axum::http::Req
 }
 
 /// Runs the request in a `request` span naming its id, then writes its
-/// access line.
+/// access line and counts it ([`crate::prometheus::record`]).
 async fn access_log(req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let id = req
-        .extensions()
-        .get::<RequestId>()
+    let id = req.extensions().get::<RequestId>().cloned();
+    let id = id
+        .as_ref()
         .and_then(|id| id.header_value().to_str().ok())
-        .unwrap_or("-")
-        .to_owned();
+        .unwrap_or("-");
     let method = req.method().clone();
     // The template the router matched; unknown paths are not written out.
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let span = tracing::info_span!("request", request_id = %id);
     let response = next.run(req).instrument(span.clone()).await;
-    let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
+    let took = started.elapsed();
+    let status = response.status();
+    crate::prometheus::record(&method, route.as_ref(), status, took);
     tracing::info!(
         target: ACCESS_TARGET,
         parent: &span,
         method = %method,
-        route = %route,
-        status = response.status().as_u16(),
-        latency_ms,
+        route = route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        status = status.as_u16(),
+        latency_ms = took.as_micros() as f64 / 1000.0,
         request_id = %id,
         "request"
     );

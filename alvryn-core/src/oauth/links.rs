@@ -70,14 +70,20 @@ pub(crate) async fn find(
         .transpose()
 }
 
+/// The most links [`of_user`] lists.
+const MAX_LINKS_LISTED: usize = 16;
+
 /// Every link of a user, oldest first.
 pub(crate) async fn of_user(
     store: &dyn StoreBackend,
     user_id: &str,
     now_ms: i64,
 ) -> Result<Vec<ProviderLink>, StoreError> {
+    // A user has at most one link per provider; the bound keeps a
+    // damaged store from answering with an unbounded list.
     let filter = RecordFilter {
         owner: Some(user_id.to_owned()),
+        limit: MAX_LINKS_LISTED,
         ..RecordFilter::default()
     };
     store

@@ -172,6 +172,14 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_GROUP: usize = 256;
 /// Most idle reader connections kept per handle.
 const MAX_IDLE_READERS: usize = 16;
+/// Most listings running at once on the blocking pool; more wait for a
+/// turn. Below [`MAX_IDLE_READERS`], so the readers they use (and the
+/// point reads beside them) are kept rather than opened and closed.
+const MAX_LISTINGS: usize = 8;
+/// A listing of at most this many records (its filter's `limit`) runs
+/// on the caller's thread, like a point read: it reads a bounded range
+/// of an index, cheaper than a hand-off to the blocking pool.
+const MAX_INLINE_LISTING: usize = 64;
 /// Most writes waiting for the writer; a caller beyond it waits for room
 /// (backpressure) instead of growing the queue.
 const MAX_QUEUED_WRITES: usize = 4096;
@@ -196,6 +204,8 @@ struct Inner {
     path: PathBuf,
     writes: tokio::sync::mpsc::Sender<Job>,
     readers: Mutex<Vec<Connection>>,
+    /// Turns for listings on the blocking pool ([`MAX_LISTINGS`]).
+    listings: tokio::sync::Semaphore,
     /// The shared lock on the database's lock file (see [`backup`]),
     /// also held by the writer thread until its connection is closed.
     _lock: Arc<std::fs::File>,
@@ -266,6 +276,7 @@ impl SqliteStore {
                 path,
                 writes: tx,
                 readers: Mutex::new(vec![reader]),
+                listings: tokio::sync::Semaphore::new(MAX_LISTINGS),
                 _lock: lock,
             }),
         })
@@ -307,12 +318,19 @@ impl SqliteStore {
     }
 
     /// Runs a read that may scan many rows (a listing) on the blocking
-    /// pool, so it never holds an executor thread.
+    /// pool, so it never holds an executor thread; at most
+    /// [`MAX_LISTINGS`] at once.
     async fn read_listing<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        let _turn = self
+            .inner
+            .listings
+            .acquire()
+            .await
+            .map_err(StoreError::unavailable)?;
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.read(f))
             .await
@@ -990,6 +1008,35 @@ macro_rules! record_cols {
     };
 }
 
+/// The listing of records for a filter with or without an owner and a
+/// status. One statement per shape, each planned on the index that
+/// serves it (owner, status, or the whole namespace) and planned once:
+/// no `LIMIT ?` (a bound limit makes SQLite plan the statement again at
+/// every run; the caller stops reading instead), no bound value the
+/// planner looks at. Parameters: `?1` namespace, `?2` owner, `?3`
+/// status, `?4` now (ms), `?5`/`?6` the cursor (created ms, key).
+fn listing_sql(owner: bool, status: bool) -> &'static str {
+    macro_rules! listing {
+        ($where:literal) => {
+            concat!(
+                "SELECT ",
+                record_cols!(),
+                " FROM records WHERE ns = ?1 AND ",
+                $where,
+                " AND (expires_at_ms IS NULL OR expires_at_ms > ?4)
+                  AND (created_at_ms, key) > (?5, ?6)
+                  ORDER BY created_at_ms, key"
+            )
+        };
+    }
+    match (owner, status) {
+        (true, true) => listing!("owner = ?2 AND status = ?3"),
+        (true, false) => listing!("owner = ?2 AND ?3 IS NULL"),
+        (false, true) => listing!("?2 IS NULL AND status = ?3"),
+        (false, false) => listing!("?2 IS NULL AND ?3 IS NULL"),
+    }
+}
+
 fn record_from_row(r: &Row<'_>) -> rusqlite::Result<Result<Record, StoreError>> {
     let status: i64 = r.get(3)?;
     let Ok(status) = u32::try_from(status) else {
@@ -1103,35 +1150,14 @@ impl RecordStore for SqliteStore {
         filter: &RecordFilter,
         now_ms: i64,
     ) -> Result<Vec<Record>, StoreError> {
-        let limit = if filter.limit == 0 {
-            -1
-        } else {
-            i64::try_from(filter.limit).unwrap_or(i64::MAX)
+        let limit = match filter.limit {
+            0 => usize::MAX,
+            n => n,
         };
+        let inline = (1..=MAX_INLINE_LISTING).contains(&filter.limit);
         let (ns, filter) = (ns.to_owned(), filter.clone());
-        self.read_listing(move |c| {
-            // One statement per shape of the filter, each planned on the
-            // index that serves it (a prepared statement is planned once,
-            // not per binding): owner, status, or the whole namespace.
-            macro_rules! listing {
-                ($where:literal) => {
-                    concat!(
-                        "SELECT ",
-                        record_cols!(),
-                        " FROM records WHERE ns = ?1 AND ",
-                        $where,
-                        " AND (expires_at_ms IS NULL OR expires_at_ms > ?4)
-                          AND (created_at_ms, key) > (?6, ?7)
-                          ORDER BY created_at_ms, key LIMIT ?5"
-                    )
-                };
-            }
-            let sql = match (&filter.owner, filter.status) {
-                (Some(_), Some(_)) => listing!("owner = ?2 AND status = ?3"),
-                (Some(_), None) => listing!("owner = ?2 AND ?3 IS NULL"),
-                (None, Some(_)) => listing!("?2 IS NULL AND status = ?3"),
-                (None, None) => listing!("?2 IS NULL AND ?3 IS NULL"),
-            };
+        let list = move |c: &Connection| {
+            let sql = listing_sql(filter.owner.is_some(), filter.status.is_some());
             let mut stmt = c.prepare_cached(sql).map_err(unavailable)?;
             // Without a cursor, from before the first record: one
             // statement, and the comparison stays an index range.
@@ -1148,16 +1174,21 @@ impl RecordStore for SqliteStore {
                         filter.owner,
                         filter.status.map(i64::from),
                         now_ms,
-                        limit,
                         after_ms,
                         after_key
                     ],
                     record_from_row,
                 )
                 .map_err(unavailable)?;
-            rows.map(|r| r.map_err(unavailable)?).collect()
-        })
-        .await
+            // The rows come in index order, one step at a time: taking
+            // the first `limit` reads no more.
+            rows.take(limit).map(|r| r.map_err(unavailable)?).collect()
+        };
+        if inline {
+            self.read(list)
+        } else {
+            self.read_listing(list).await
+        }
     }
 
     async fn remove_record(&self, ns: &str, key: &str) -> Result<bool, StoreError> {
@@ -1353,6 +1384,95 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    /// A listing's statement is prepared once per connection and never
+    /// planned again, whatever its bindings: a bound `LIMIT` made SQLite
+    /// re-plan it at every run, a fifth of `/auth/me`'s time.
+    #[tokio::test]
+    async fn listings_are_never_planned_again_whatever_their_bindings() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("alvryn.db"))
+            .await
+            .unwrap();
+        for i in 0..20_i64 {
+            let record = Record {
+                ns: "n".into(),
+                key: format!("k{i}"),
+                owner: Some(format!("u{}", i % 3)),
+                status: u32::try_from(i % 4).unwrap(),
+                data: vec![1],
+                created_at_ms: i,
+                updated_at_ms: i,
+                expires_at_ms: None,
+            };
+            store.insert_if_absent(&record).await.unwrap();
+        }
+        for run in 0..30_usize {
+            let filter = RecordFilter {
+                owner: (run % 2 == 0).then(|| format!("u{}", run % 3)),
+                status: (run % 3 == 0).then(|| u32::try_from(run % 4).unwrap()),
+                // Inline (small), on the blocking pool (none), varying.
+                limit: [1, 5, 0, 64, 65][run % 5],
+                after: (run % 4 == 0).then(|| crate::store::RecordCursor {
+                    created_at_ms: i64::try_from(run % 7).unwrap(),
+                    key: format!("k{}", run % 7),
+                }),
+            };
+            let listed = store.records("n", &filter, 100).await.unwrap();
+            if filter.limit > 0 {
+                assert!(listed.len() <= filter.limit);
+            }
+        }
+        // One idle reader served every listing (they ran one at a time).
+        let replanned = store
+            .read(|c| {
+                let mut total = 0;
+                for (owner, status) in [(true, true), (true, false), (false, true), (false, false)]
+                {
+                    let stmt = c.prepare_cached(listing_sql(owner, status)).unwrap();
+                    total += stmt.get_status(rusqlite::StatementStatus::RePrepare);
+                }
+                Ok(total)
+            })
+            .unwrap();
+        assert_eq!(replanned, 0);
+    }
+
+    #[tokio::test]
+    async fn a_listing_stops_at_its_limit_in_listing_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("alvryn.db"))
+            .await
+            .unwrap();
+        for i in (0..10_i64).rev() {
+            let record = Record {
+                ns: "n".into(),
+                key: format!("k{i}"),
+                owner: None,
+                status: 1,
+                data: vec![],
+                created_at_ms: i,
+                updated_at_ms: i,
+                expires_at_ms: None,
+            };
+            store.insert_if_absent(&record).await.unwrap();
+        }
+        for limit in [1, 3, 64, 100] {
+            let filter = RecordFilter {
+                limit,
+                ..RecordFilter::default()
+            };
+            let keys: Vec<String> = store
+                .records("n", &filter, 0)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.key)
+                .collect();
+            let expected: Vec<String> = (0..limit.min(10)).map(|i| format!("k{i}")).collect();
+            assert_eq!(keys, expected, "limit {limit}");
+        }
+    }
 
     #[tokio::test]
     async fn database_files_are_private_even_in_an_open_folder() {
