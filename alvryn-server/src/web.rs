@@ -222,7 +222,7 @@ async fn access_log(req: Request, next: Next) -> Response {
         target: ACCESS_TARGET,
         parent: &span,
         method = %method,
-        route = route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        route = %route.as_ref().map_or("unmatched", MatchedPath::as_str),
         status = status.as_u16(),
         latency_ms = took.as_micros() as f64 / 1000.0,
         request_id = %id,
