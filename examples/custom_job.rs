@@ -37,7 +37,7 @@ impl Job for CloseEndedTrials {
     async fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
         let now = ctx.now_ms();
         let open = RecordFilter {
-            status: Some(OPEN),
+            status: Some(OPEN.into()),
             limit: 500,
             ..RecordFilter::default()
         };
@@ -110,7 +110,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .records(
             TRIALS,
             &RecordFilter {
-                status: Some(CLOSED),
+                status: Some(CLOSED.into()),
                 ..RecordFilter::default()
             },
             0,

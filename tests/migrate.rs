@@ -118,7 +118,7 @@ impl Target {
                 .records(
                     TOKEN_NS,
                     &RecordFilter {
-                        status: Some(s),
+                        status: Some(s.into()),
                         limit: cap,
                         ..RecordFilter::default()
                     },

@@ -707,6 +707,87 @@ async fn an_event_that_failed_to_apply_is_retried_when_due() {
     assert_eq!(h.retry_due().await.seen, 0, "nothing left to do");
 }
 
+/// Events not due yet, received before one that is, do not hide it from
+/// a retry pass smaller than they are.
+#[tokio::test]
+async fn a_due_event_behind_events_not_yet_due_is_retried() {
+    for backend in BACKENDS {
+        let Some(h) = Harness::new(backend).await else {
+            return;
+        };
+        h.billing.set(&subscription(SUB, "active", PRO));
+        h.billing.set_down(true);
+        let early: Vec<String> = (1..=3)
+            .map(|i| {
+                event(
+                    &format!("evt_1AlvrynEarly{i}"),
+                    "checkout.session.completed",
+                    T,
+                    checkout_session(SUB),
+                )
+            })
+            .collect();
+        assert_eq!(
+            h.deliver(&early).await,
+            [Outcome::Failed, Outcome::Failed, Outcome::Failed]
+        );
+        // Their second try fails too: the third is further off.
+        let due = h.listed(Some(EventStatus::Failed)).await[0]
+            .next_at_ms
+            .unwrap();
+        h.advance(Duration::from_millis(
+            u64::try_from(due - h.now_ms()).unwrap(),
+        ));
+        let report = h.pipeline.retry_due(h.now_ms(), 10).await.unwrap();
+        assert_eq!(
+            (report.seen, report.failed),
+            (3, 3),
+            "{backend:?}: {report:?}"
+        );
+        let late = event(
+            "evt_1AlvrynLate",
+            "checkout.session.completed",
+            T + 1,
+            checkout_session(SUB),
+        );
+        assert_eq!(h.deliver(&[&late]).await, [Outcome::Failed]);
+        let failed = h.listed(Some(EventStatus::Failed)).await;
+        assert_eq!(
+            ids(&failed),
+            [
+                "evt_1AlvrynEarly1",
+                "evt_1AlvrynEarly2",
+                "evt_1AlvrynEarly3",
+                "evt_1AlvrynLate"
+            ],
+            "{backend:?}: received order"
+        );
+        let late_due = failed[3].next_at_ms.unwrap();
+        assert!(
+            failed[..3].iter().all(|e| e.next_at_ms.unwrap() > late_due),
+            "{backend:?}: {failed:?}"
+        );
+
+        h.billing.set_down(false);
+        h.advance(Duration::from_millis(
+            u64::try_from(late_due - h.now_ms()).unwrap(),
+        ));
+        // A pass of two: the three early ones fill more than a page.
+        let report = h.pipeline.retry_due(h.now_ms(), 2).await.unwrap();
+        assert_eq!(
+            (report.seen, report.applied),
+            (1, 1),
+            "{backend:?}: {report:?}"
+        );
+        assert_eq!(
+            ids(&h.listed(Some(EventStatus::Applied)).await),
+            ["evt_1AlvrynLate"],
+            "{backend:?}"
+        );
+        assert_eq!(h.view().await.plan.as_str(), "pro", "{backend:?}");
+    }
+}
+
 #[tokio::test]
 async fn an_event_that_keeps_failing_becomes_a_dead_letter_and_replay_applies_it() {
     let Some(h) = Harness::new(Backend::Sqlite).await else {

@@ -64,7 +64,8 @@ use alvryn_core::store::sqlite::SqliteStore;
 use alvryn_core::store::{
     Advance, AuditEvent, CasOutcome, Lease, MemoryStore, NewLease, OneTimeItem, Purged, Record,
     RecordCursor, RecordFilter, RefreshFamily, RefreshSlot, Revocation, RevokeReason, Rotation,
-    ServiceStore, StoreBackend, StoreError, StoreService, TokenHash, TokenStore, User, Versioned,
+    ServiceStore, StatusRange, StoreBackend, StoreError, StoreService, TokenHash, TokenStore, User,
+    Versioned,
 };
 use alvryn_core::token::{HmacSecrets, JwtKeys, JwtSettings, TokenKind};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
@@ -1104,7 +1105,7 @@ async fn records_page_through_a_namespace(c: Ctx) {
     s.insert_if_absent(&record("other", "k00", "x", now, None))
         .await
         .unwrap();
-    let pages = |status: Option<u32>, advance: bool| async move {
+    let pages = |status: Option<StatusRange>, advance: bool| async move {
         let mut seen = Vec::new();
         let mut after = None;
         loop {
@@ -1148,12 +1149,31 @@ async fn records_page_through_a_namespace(c: Ctx) {
         .map(|r| r.key.clone())
         .collect();
     assert_eq!(ones.len(), 20);
-    assert_eq!(pages(Some(1), false).await, ones, "status 1 only");
+    assert_eq!(pages(Some(1.into()), false).await, ones, "status 1 only");
+    assert_eq!(
+        pages(Some(StatusRange::new(1, 2)), false).await,
+        all_keys,
+        "a range of statuses pages in the same order"
+    );
     // Moving each visited record's status on does not skip or repeat
     // any (each is advanced exactly once: `advance` asserts it moved).
     assert_eq!(pages(None, true).await, all_keys);
-    assert_eq!(pages(Some(1), false).await, Vec::<String>::new());
-    assert_eq!(pages(Some(11), false).await, ones);
+    assert_eq!(pages(Some(1.into()), false).await, Vec::<String>::new());
+    assert_eq!(pages(Some(11.into()), false).await, ones);
+    assert_eq!(pages(Some(StatusRange::new(11, 12)), false).await, all_keys);
+    assert_eq!(
+        pages(Some(StatusRange::new(12, 40)), false).await,
+        all_keys
+            .iter()
+            .filter(|k| !ones.contains(k))
+            .cloned()
+            .collect::<Vec<_>>(),
+        "the range's ends are inclusive"
+    );
+    assert_eq!(
+        pages(Some(StatusRange::new(3, 10)), false).await,
+        Vec::<String>::new()
+    );
 }
 
 async fn records_list_and_remove(c: Ctx) {
@@ -1181,10 +1201,37 @@ async fn records_list_and_remove(c: Ctx) {
     let keys = |v: Vec<Record>| v.into_iter().map(|r| r.key).collect::<Vec<_>>();
     let list = |owner: Option<&str>, status: Option<u32>, limit: usize| RecordFilter {
         owner: owner.map(Into::into),
-        status,
+        status: status.map(Into::into),
         limit,
         after: None,
     };
+    let ranged = |owner: Option<&str>, from: u32, to: u32, limit: usize| RecordFilter {
+        owner: owner.map(Into::into),
+        status: Some(StatusRange::new(from, to)),
+        limit,
+        after: None,
+    };
+    for (owner, from, to, limit, expected) in [
+        (None, 0, 1, 0, &["a", "b", "c", "e"][..]),
+        (None, 0, 0, 0, &["a"][..]),
+        (None, 1, 9, 0, &["b", "c", "e"][..]),
+        (None, 0, 1, 2, &["a", "b"][..]),
+        (None, 2, 9, 0, &[][..]),
+        (None, 1, 0, 0, &[][..]),
+        (Some("alice"), 0, 1, 0, &["a", "c", "e"][..]),
+        (Some("alice"), 1, 1, 0, &["c", "e"][..]),
+        (Some("alice"), 1, 5, 1, &["c"][..]),
+    ] {
+        assert_eq!(
+            keys(
+                s.records("link", &ranged(owner, from, to, limit), at)
+                    .await
+                    .unwrap()
+            ),
+            expected,
+            "{owner:?} statuses {from}..={to}, limit {limit}"
+        );
+    }
     assert_eq!(
         keys(s.records("link", &list(None, None, 0), at).await.unwrap()),
         ["a", "b", "c", "e"]

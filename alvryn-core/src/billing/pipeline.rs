@@ -48,7 +48,9 @@ use super::archive::{ARCHIVE_NS, EventArchive, EventKey, RawEvent};
 use super::state::{ApplyError, ApplyOutcome, Subscriptions};
 use super::subscription::{CheckoutCompleted, InvoiceRef, Subscription};
 use super::webhook::{self, EventError, SignatureError, WebhookEvent, WebhookSecrets};
-use crate::store::{Advance, Record, RecordCursor, RecordFilter, StoreBackend, StoreError};
+use crate::store::{
+    Advance, Record, RecordCursor, RecordFilter, StatusRange, StoreBackend, StoreError,
+};
 
 /// Record namespace of processed events (key: the event id).
 pub const EVENT_NS: &str = "stripe_event";
@@ -631,28 +633,37 @@ impl WebhookPipeline {
     pub async fn retry_due(&self, now_ms: i64, limit: usize) -> Result<Report, StoreError> {
         let grace = i64::try_from(self.retry.received_grace.as_millis()).unwrap_or(i64::MAX);
         let mut report = Report::default();
+        let limit = limit.max(1);
+        // `received` and every `failed` status in one listing, page by
+        // page: events not due yet (a later try, a delivery still in its
+        // grace) do not hide those behind them.
         let mut due = Vec::new();
-        for status in std::iter::once(RECEIVED).chain(FAILED_BASE + 1..DEAD) {
-            if due.len() >= limit {
-                break;
-            }
+        let mut after = None;
+        while due.len() < limit {
             let filter = RecordFilter {
-                status: Some(status),
-                limit: limit - due.len(),
+                status: Some(StatusRange::new(RECEIVED, DEAD - 1)),
+                limit,
+                after: after.take(),
                 ..RecordFilter::default()
             };
-            for r in self.store.records(EVENT_NS, &filter, now_ms).await? {
+            let page = self.store.records(EVENT_NS, &filter, now_ms).await?;
+            let full = page.len() == limit;
+            after = page.last().map(RecordCursor::of);
+            for r in page {
                 let Ok(meta) = serde_json::from_slice::<Meta>(&r.data) else {
                     continue;
                 };
-                let ready = if status == RECEIVED {
+                let ready = if r.status == RECEIVED {
                     r.updated_at_ms.saturating_add(grace) <= now_ms
                 } else {
                     meta.next_at_ms <= now_ms
                 };
-                if ready {
+                if ready && due.len() < limit {
                     due.push((r.key, meta));
                 }
+            }
+            if !full {
+                break;
             }
         }
         for (id, meta) in due {
@@ -843,28 +854,26 @@ impl WebhookPipeline {
         limit: usize,
         now_ms: i64,
     ) -> Result<Vec<EventSummary>, StoreError> {
-        let statuses: Vec<Option<u32>> = match status {
-            None => vec![None],
-            Some(EventStatus::Failed) => (FAILED_BASE + 1..DEAD).map(Some).collect(),
-            Some(s) => vec![Some(match s {
-                EventStatus::Received => RECEIVED,
-                EventStatus::Dead => DEAD,
-                EventStatus::Quarantined => QUARANTINED,
-                EventStatus::Ignored => IGNORED,
-                EventStatus::Applied | EventStatus::Failed => APPLIED,
-            })],
+        let statuses = status.map(|s| match s {
+            EventStatus::Received => StatusRange::from(RECEIVED),
+            EventStatus::Failed => StatusRange::new(FAILED_BASE + 1, DEAD - 1),
+            EventStatus::Dead => DEAD.into(),
+            EventStatus::Quarantined => QUARANTINED.into(),
+            EventStatus::Ignored => IGNORED.into(),
+            EventStatus::Applied => APPLIED.into(),
+        });
+        let filter = RecordFilter {
+            status: statuses,
+            limit,
+            ..RecordFilter::default()
         };
-        let mut out = Vec::new();
-        for status in statuses {
-            let filter = RecordFilter {
-                status,
-                limit,
-                ..RecordFilter::default()
-            };
-            for r in self.store.records(EVENT_NS, &filter, now_ms).await? {
+        let records = self.store.records(EVENT_NS, &filter, now_ms).await?;
+        Ok(records
+            .into_iter()
+            .map(|r| {
                 let meta: Meta = serde_json::from_slice(&r.data).unwrap_or_default();
                 let status = EventStatus::of(r.status);
-                out.push(EventSummary {
+                EventSummary {
                     id: r.key,
                     event_type: meta.event_type,
                     created: meta.created,
@@ -874,14 +883,9 @@ impl WebhookPipeline {
                     error: meta.error,
                     price: meta.price,
                     received_at_ms: r.created_at_ms,
-                });
-            }
-        }
-        out.sort_by(|a, b| (a.received_at_ms, &a.id).cmp(&(b.received_at_ms, &b.id)));
-        if limit > 0 {
-            out.truncate(limit);
-        }
-        Ok(out)
+                }
+            })
+            .collect())
     }
 }
 

@@ -108,7 +108,7 @@ impl Job for ArchiveDrain {
 
     async fn run(&self, ctx: &JobContext) -> Result<JobReport, JobError> {
         let filter = RecordFilter {
-            status: Some(PENDING_UPLOAD),
+            status: Some(PENDING_UPLOAD.into()),
             limit: self.batch,
             ..RecordFilter::default()
         };

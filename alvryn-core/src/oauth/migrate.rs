@@ -200,7 +200,7 @@ impl Pager {
             .records(
                 TOKEN_NS,
                 &RecordFilter {
-                    status: self.status,
+                    status: self.status.map(Into::into),
                     limit: self.batch,
                     after: self.after.take(),
                     ..RecordFilter::default()

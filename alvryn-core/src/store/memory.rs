@@ -303,7 +303,7 @@ impl RecordStore for MemoryStore {
                         .owner
                         .as_ref()
                         .is_none_or(|o| r.owner.as_ref() == Some(o))
-                    && filter.status.is_none_or(|st| r.status == st)
+                    && filter.status.is_none_or(|st| st.contains(r.status))
                     && filter.after.as_ref().is_none_or(|c| c.precedes(r))
             })
             .cloned()

@@ -73,8 +73,8 @@ use crate::billing::PlanName;
 pub use memory::MemoryStore;
 pub use primitives::{
     Advance, CasOutcome, Lease, LeaseStore, NewLease, OneTimeItem, OneTimeStore, Purge, Purged,
-    Record, RecordCursor, RecordFilter, RecordStore, Versioned, VersionedStore, WindowCount,
-    WindowCounters,
+    Record, RecordCursor, RecordFilter, RecordStore, StatusRange, Versioned, VersionedStore,
+    WindowCount, WindowCounters,
 };
 pub use service::{ServiceStore, StoreService};
 

@@ -1052,8 +1052,17 @@ impl RecordStore for MongoStore {
         if let Some(owner) = &filter.owner {
             query.insert("owner", owner);
         }
-        if let Some(status) = filter.status {
-            query.insert("status", i64::from(status));
+        match filter.status {
+            Some(s) if s.is_single() => {
+                query.insert("status", i64::from(s.from));
+            }
+            Some(s) => {
+                query.insert(
+                    "status",
+                    doc! { "$gte": i64::from(s.from), "$lte": i64::from(s.to) },
+                );
+            }
+            None => {}
         }
         if let Some(after) = &filter.after {
             query.insert(

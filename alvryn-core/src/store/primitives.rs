@@ -110,8 +110,9 @@ pub struct Advance {
 pub struct RecordFilter {
     /// Only this owner's.
     pub owner: Option<String>,
-    /// Only those with this status.
-    pub status: Option<u32>,
+    /// Only those with a status in this range (one status:
+    /// `Some(status.into())`).
+    pub status: Option<StatusRange>,
     /// At most this many (0 means no limit).
     pub limit: usize,
     /// Only records after this one in the listing order (oldest first,
@@ -120,6 +121,45 @@ pub struct RecordFilter {
     /// memory, whatever else changes meanwhile (a record whose status
     /// moves keeps its place).
     pub after: Option<RecordCursor>,
+}
+
+/// The statuses a listing takes, `from` to `to` inclusive; see
+/// [`RecordFilter::status`]. A range of one status is read from the
+/// status index in listing order; a wider range reads what the range
+/// holds and sorts it, so use one for statuses with few records (the
+/// failed events of a retry pass), not for the bulk of a namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusRange {
+    /// The lowest status taken.
+    pub from: u32,
+    /// The highest status taken.
+    pub to: u32,
+}
+
+impl StatusRange {
+    /// `from` to `to`, inclusive (empty when `from > to`).
+    #[must_use]
+    pub const fn new(from: u32, to: u32) -> Self {
+        Self { from, to }
+    }
+
+    /// Whether `status` is in the range.
+    #[must_use]
+    pub const fn contains(&self, status: u32) -> bool {
+        self.from <= status && status <= self.to
+    }
+
+    /// Whether the range is one status.
+    #[must_use]
+    pub const fn is_single(&self) -> bool {
+        self.from == self.to
+    }
+}
+
+impl From<u32> for StatusRange {
+    fn from(status: u32) -> Self {
+        Self::new(status, status)
+    }
 }
 
 /// A place in a namespace's listing order; see [`RecordFilter::after`].

@@ -53,8 +53,8 @@ use super::primitives::{window_bounds, window_len};
 use super::{
     Advance, AuditEvent, AuditLog, CasOutcome, Lease, LeaseStore, NewLease, OneTimeItem,
     OneTimeStore, PreviousSlot, Purge, Purged, Record, RecordFilter, RecordStore, RefreshFamily,
-    RefreshSlot, Revocation, RevokeReason, Rotation, SessionStore, StoreError, TokenHash, User,
-    UserStore, Versioned, VersionedStore, WindowCount, WindowCounters,
+    RefreshSlot, Revocation, RevokeReason, Rotation, SessionStore, StatusRange, StoreError,
+    TokenHash, User, UserStore, Versioned, VersionedStore, WindowCount, WindowCounters,
 };
 use crate::billing::PlanName;
 use crate::crypto::ledger::grant;
@@ -1008,20 +1008,43 @@ macro_rules! record_cols {
     };
 }
 
-/// The listing of records for a filter with or without an owner and a
-/// status. One statement per shape, each planned on the index that
-/// serves it (owner, status, or the whole namespace) and planned once:
-/// no `LIMIT ?` (a bound limit makes SQLite plan the statement again at
-/// every run; the caller stops reading instead), no bound value the
-/// planner looks at. Parameters: `?1` namespace, `?2` owner, `?3`
-/// status, `?4` now (ms), `?5`/`?6` the cursor (created ms, key).
-fn listing_sql(owner: bool, status: bool) -> &'static str {
+/// Which statuses a listing's statement takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Statuses {
+    Any,
+    One,
+    Range,
+}
+
+impl Statuses {
+    fn of(range: Option<StatusRange>) -> Self {
+        match range {
+            None => Self::Any,
+            Some(r) if r.is_single() => Self::One,
+            Some(_) => Self::Range,
+        }
+    }
+}
+
+/// The listing of records for a filter with or without an owner, and
+/// with any status, one, or a range. One statement per shape, each
+/// planned on the index that serves it (owner, status, or the whole
+/// namespace) and planned once: no `LIMIT ?` (a bound limit makes
+/// SQLite plan the statement again at every run; the caller stops
+/// reading instead), no bound value the planner looks at. A range
+/// without an owner is read from the status index (the planner would
+/// otherwise walk the whole namespace in order) and sorted. Parameters:
+/// `?1` namespace, `?2` owner, `?3`/`?7` the lowest/highest status, `?4`
+/// now (ms), `?5`/`?6` the cursor (created ms, key).
+fn listing_sql(owner: bool, statuses: Statuses) -> &'static str {
     macro_rules! listing {
-        ($where:literal) => {
+        ($index:literal, $where:literal) => {
             concat!(
                 "SELECT ",
                 record_cols!(),
-                " FROM records WHERE ns = ?1 AND ",
+                " FROM records ",
+                $index,
+                " WHERE ns = ?1 AND ",
                 $where,
                 " AND (expires_at_ms IS NULL OR expires_at_ms > ?4)
                   AND (created_at_ms, key) > (?5, ?6)
@@ -1029,11 +1052,16 @@ fn listing_sql(owner: bool, status: bool) -> &'static str {
             )
         };
     }
-    match (owner, status) {
-        (true, true) => listing!("owner = ?2 AND status = ?3"),
-        (true, false) => listing!("owner = ?2 AND ?3 IS NULL"),
-        (false, true) => listing!("?2 IS NULL AND status = ?3"),
-        (false, false) => listing!("?2 IS NULL AND ?3 IS NULL"),
+    match (owner, statuses) {
+        (true, Statuses::One) => listing!("", "owner = ?2 AND status = ?3 AND ?7 IS NOT NULL"),
+        (true, Statuses::Range) => listing!("", "owner = ?2 AND status BETWEEN ?3 AND ?7"),
+        (true, Statuses::Any) => listing!("", "owner = ?2 AND ?3 IS NULL AND ?7 IS NULL"),
+        (false, Statuses::One) => listing!("", "?2 IS NULL AND status = ?3 AND ?7 IS NOT NULL"),
+        (false, Statuses::Range) => listing!(
+            "INDEXED BY records_status",
+            "?2 IS NULL AND status BETWEEN ?3 AND ?7"
+        ),
+        (false, Statuses::Any) => listing!("", "?2 IS NULL AND ?3 IS NULL AND ?7 IS NULL"),
     }
 }
 
@@ -1157,7 +1185,7 @@ impl RecordStore for SqliteStore {
         let inline = (1..=MAX_INLINE_LISTING).contains(&filter.limit);
         let (ns, filter) = (ns.to_owned(), filter.clone());
         let list = move |c: &Connection| {
-            let sql = listing_sql(filter.owner.is_some(), filter.status.is_some());
+            let sql = listing_sql(filter.owner.is_some(), Statuses::of(filter.status));
             let mut stmt = c.prepare_cached(sql).map_err(unavailable)?;
             // Without a cursor, from before the first record: one
             // statement, and the comparison stays an index range.
@@ -1172,10 +1200,11 @@ impl RecordStore for SqliteStore {
                     params![
                         ns,
                         filter.owner,
-                        filter.status.map(i64::from),
+                        filter.status.map(|s| i64::from(s.from)),
                         now_ms,
                         after_ms,
-                        after_key
+                        after_key,
+                        filter.status.map(|s| i64::from(s.to))
                     ],
                     record_from_row,
                 )
@@ -1410,7 +1439,11 @@ mod tests {
         for run in 0..30_usize {
             let filter = RecordFilter {
                 owner: (run % 2 == 0).then(|| format!("u{}", run % 3)),
-                status: (run % 3 == 0).then(|| u32::try_from(run % 4).unwrap()),
+                status: match run % 3 {
+                    0 => Some(u32::try_from(run % 4).unwrap().into()),
+                    1 => Some(StatusRange::new(1, u32::try_from(run % 4).unwrap() + 1)),
+                    _ => None,
+                },
                 // Inline (small), on the blocking pool (none), varying.
                 limit: [1, 5, 0, 64, 65][run % 5],
                 after: (run % 4 == 0).then(|| crate::store::RecordCursor {
@@ -1427,10 +1460,11 @@ mod tests {
         let replanned = store
             .read(|c| {
                 let mut total = 0;
-                for (owner, status) in [(true, true), (true, false), (false, true), (false, false)]
-                {
-                    let stmt = c.prepare_cached(listing_sql(owner, status)).unwrap();
-                    total += stmt.get_status(rusqlite::StatementStatus::RePrepare);
+                for owner in [true, false] {
+                    for statuses in [Statuses::Any, Statuses::One, Statuses::Range] {
+                        let stmt = c.prepare_cached(listing_sql(owner, statuses)).unwrap();
+                        total += stmt.get_status(rusqlite::StatementStatus::RePrepare);
+                    }
                 }
                 Ok(total)
             })
