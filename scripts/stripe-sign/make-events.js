@@ -4,8 +4,10 @@
 //   node make-events.js N SECRET FIXTURES_JSON > deliveries.tsv
 //
 // Bodies are Stripe's fixture event around its fixture subscription (every
-// other one) or customer, with fresh ids; subscriptions belong to one of
-// 1,000 users and are each distinct, so each applies. Signed now by
+// other one) or customer, with fresh ids; each subscription is a new one
+// of a new user (a sign-up), so each applies and, as in life, a user has
+// one subscription, not hundreds (a user's billing state holds every
+// subscription it has had). Signed now by
 // stripe.webhooks.generateTestHeaderString (Stripe's own library).
 'use strict';
 
@@ -30,7 +32,7 @@ for (let i = 0; i < Number(n); i++) {
     sub.id = `sub_load${now}x${i}`;
     sub.status = 'active';
     sub.created = now;
-    sub.metadata = { alvryn_user_id: `load-user-${i % 1000}` };
+    sub.metadata = { alvryn_user_id: `load-user-${now}x${i}` };
     sub.items.data[0].price.id = 'price_alvrynLoadPro';
     event.type = 'customer.subscription.created';
     event.data = { object: sub };
