@@ -707,6 +707,63 @@ async fn an_event_that_failed_to_apply_is_retried_when_due() {
     assert_eq!(h.retry_due().await.seen, 0, "nothing left to do");
 }
 
+/// A user who subscribes and cancels again and again: the state keeps
+/// the newest endings only, a late event about a forgotten one is stale,
+/// and a new subscription still applies.
+#[tokio::test]
+async fn a_user_with_many_ended_subscriptions_keeps_a_small_state() {
+    let Some(h) = Harness::new(Backend::Sqlite).await else {
+        return;
+    };
+    let ended: Vec<String> = (0..40_i64)
+        .map(|i| {
+            event(
+                &format!("evt_1AlvrynEnded{i:02}"),
+                "customer.subscription.deleted",
+                T + i,
+                subscription(&format!("sub_1AlvrynEnded{i:02}"), "canceled", PRO),
+            )
+        })
+        .collect();
+    let outcomes = h.deliver(&ended).await;
+    assert!(
+        outcomes.iter().all(|o| *o == Outcome::Applied),
+        "{outcomes:?}"
+    );
+    let stored = h
+        .store
+        .versioned(BILLING_STATE_NS, USER)
+        .await
+        .unwrap()
+        .unwrap();
+    let kept = String::from_utf8(stored.data).unwrap();
+    assert!(!kept.contains("sub_1AlvrynEnded00"), "{kept}");
+    assert!(kept.contains("sub_1AlvrynEnded39"), "{kept}");
+    // The one `/billing/subscription` shows (the newest), and the 16
+    // others that ended last.
+    assert_eq!(kept.matches("sub_1AlvrynEnded").count(), 17, "{kept}");
+
+    // A late update of a forgotten subscription, from before it ended,
+    // would make it active again: stale.
+    let late = event(
+        "evt_1AlvrynLateRevival",
+        "customer.subscription.updated",
+        T + 3,
+        subscription("sub_1AlvrynEnded05", "active", PRO),
+    );
+    assert_eq!(h.deliver(&[&late]).await, [Outcome::Stale]);
+    assert_eq!(h.view().await.plan.as_str(), "free");
+
+    let new = event(
+        "evt_1AlvrynComeBack",
+        "customer.subscription.created",
+        T + 100,
+        subscription(SUB2, "active", TEAM),
+    );
+    assert_eq!(h.deliver(&[&new]).await, [Outcome::Applied]);
+    assert_eq!(h.view().await.plan.as_str(), "team");
+}
+
 /// Events not due yet, received before one that is, do not hide it from
 /// a retry pass smaller than they are.
 #[tokio::test]

@@ -62,12 +62,53 @@ struct SubState {
     created: i64,
 }
 
+/// How many ended subscriptions a user's state keeps; see
+/// [`UserBilling::forget_old_endings`].
+const KEPT_ENDED: usize = 16;
+
+/// Whether Stripe will never change a subscription in this status again.
+fn has_ended(status: &str) -> bool {
+    matches!(status, "canceled" | "incomplete_expired")
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 struct UserBilling {
     subs: BTreeMap<String, SubState>,
+    /// The newest `as_of` of the subscriptions forgotten: an event about
+    /// a subscription not kept, no newer than this, may be about one of
+    /// them, and is stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    forgotten_until: Option<i64>,
 }
 
 impl UserBilling {
+    /// Forgets the ended subscriptions beyond the [`KEPT_ENDED`] that
+    /// ended last (never the one [`Self::effective`] shows). The state is
+    /// read and rewritten at each of the user's events: without this, a
+    /// user who subscribes and cancels again and again would make every
+    /// later event slower. What is forgotten grants nothing and cannot
+    /// change; an event about it arriving late is stale (see
+    /// `forgotten_until`), and so would be an event about a new
+    /// subscription only if the [`KEPT_ENDED`] subscriptions kept all
+    /// ended after it was sent.
+    fn forget_old_endings(&mut self) {
+        let shown = self.effective().map(|(id, _)| id.to_owned());
+        let mut ended: Vec<(i64, String)> = self
+            .subs
+            .iter()
+            .filter(|(id, s)| has_ended(&s.status) && Some(*id) != shown.as_ref())
+            .map(|(id, s)| (s.as_of, id.clone()))
+            .collect();
+        let Some(excess) = ended.len().checked_sub(KEPT_ENDED) else {
+            return;
+        };
+        ended.sort_unstable();
+        for (as_of, id) in ended.into_iter().take(excess) {
+            self.subs.remove(&id);
+            self.forgotten_until = Some(self.forgotten_until.map_or(as_of, |h| h.max(as_of)));
+        }
+    }
+
     /// The subscription that decides the plan: the newest granting
     /// access, else the newest of all.
     fn effective(&self) -> Option<(&str, &SubState)> {
@@ -452,6 +493,10 @@ impl Subscriptions {
                 StoreError::Corrupt(_) => ApplyError::Corrupt,
                 e => ApplyError::Store(e),
             })?;
+            let forgotten = state.forgotten_until.is_some_and(|until| as_of <= until);
+            if forgotten && !state.subs.contains_key(&sub.id) {
+                return Ok(ApplyOutcome::Stale);
+            }
             if let Some(stored) = state.subs.get(&sub.id) {
                 if stored.as_of > as_of {
                     return Ok(ApplyOutcome::Stale);
@@ -498,6 +543,7 @@ impl Subscriptions {
                     created: sub.created,
                 },
             );
+            state.forget_old_endings();
             let after = state.view();
             let data = serde_json::to_vec(&state).map_err(|_| ApplyError::Corrupt)?;
             let now = now_ms();
@@ -534,5 +580,94 @@ impl Subscriptions {
             return Ok(ApplyOutcome::Applied { plan_changed });
         }
         Err(ApplyError::Contended)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn sub(as_of: i64, created: i64, status: &str) -> SubState {
+        SubState {
+            as_of,
+            event_id: format!("evt_{as_of}"),
+            status: status.to_owned(),
+            plan: "pro".to_owned(),
+            current_period_end: None,
+            cancel_at_period_end: false,
+            created,
+        }
+    }
+
+    #[test]
+    fn only_the_endings_past_the_kept_number_are_forgotten_oldest_first() {
+        let mut state = UserBilling::default();
+        // 30 ended (ended at 100..130), one active and one past due.
+        for i in 0..30 {
+            let status = if i % 2 == 0 {
+                "canceled"
+            } else {
+                "incomplete_expired"
+            };
+            state
+                .subs
+                .insert(format!("sub_e{i:02}"), sub(100 + i, i, status));
+        }
+        state.subs.insert("sub_active".into(), sub(50, 1, "active"));
+        state.subs.insert("sub_late".into(), sub(40, 2, "past_due"));
+        let shown = state.view();
+        state.forget_old_endings();
+
+        assert_eq!(state.subs.len(), KEPT_ENDED + 2);
+        assert!(state.subs.contains_key("sub_active") && state.subs.contains_key("sub_late"));
+        for i in 0..30 {
+            let kept = state.subs.contains_key(&format!("sub_e{i:02}"));
+            assert_eq!(kept, i >= 30 - 16, "sub_e{i:02}");
+        }
+        assert_eq!(
+            state.forgotten_until,
+            Some(113),
+            "the newest ending forgotten"
+        );
+        assert_eq!(state.view(), shown, "the plan shown is unchanged");
+
+        // Under the bound: nothing more is forgotten.
+        let before = state.clone();
+        state.forget_old_endings();
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn the_subscription_shown_is_kept_even_when_it_ended_first() {
+        let mut state = UserBilling::default();
+        // All ended; the newest created ended first.
+        state
+            .subs
+            .insert("sub_newest".into(), sub(10, 1_000, "canceled"));
+        for i in 0..20 {
+            state
+                .subs
+                .insert(format!("sub_{i:02}"), sub(100 + i, i, "canceled"));
+        }
+        let shown = state.view();
+        assert_eq!(shown.subscription.as_deref(), Some("sub_newest"));
+        state.forget_old_endings();
+        assert!(state.subs.contains_key("sub_newest"));
+        assert_eq!(state.subs.len(), KEPT_ENDED + 1);
+        assert_eq!(state.view(), shown);
+    }
+
+    #[test]
+    fn a_state_written_before_forgetting_existed_still_reads() {
+        let old = r#"{"subs":{"sub_1":{"as_of":5,"event_id":"evt_1","status":"active","plan":"pro","current_period_end":null,"cancel_at_period_end":false,"created":1}}}"#;
+        let state: UserBilling = serde_json::from_str(old).unwrap();
+        assert_eq!(state.forgotten_until, None);
+        assert_eq!(state.view().plan.as_str(), "pro");
+        assert!(
+            !serde_json::to_string(&state)
+                .unwrap()
+                .contains("forgotten_until")
+        );
     }
 }
