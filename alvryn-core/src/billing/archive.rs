@@ -27,7 +27,7 @@ use std::task::{Context, Poll};
 use async_trait::async_trait;
 use sha2::{Digest as _, Sha256};
 
-use crate::store::{Advance, Record, StoreBackend, StoreError};
+use crate::store::{Advance, Record, RecordStore, StoreBackend, StoreError};
 
 /// Namespace of the archive's database records (key: the event id).
 pub const ARCHIVE_NS: &str = "stripe_event_archive";
@@ -245,21 +245,36 @@ impl DatabaseArchive {
                 // Archived before; a raw body pending upload that now
                 // reached S3 moves on to the key.
                 if status == IN_S3 {
-                    self.store
-                        .advance(&Advance {
-                            ns: ARCHIVE_NS.to_owned(),
-                            key: event.id.clone(),
-                            to: IN_S3,
-                            data: Some(record.data),
-                            now_ms: now,
-                        })
-                        .await?;
+                    moved_to_s3(self.store.as_ref(), &event.id, record.data, now).await?;
                 }
                 Ok(())
             }
             Err(e) => Err(e),
         }
     }
+}
+
+/// Moves the archive record of event `id` on to [`IN_S3`], its data
+/// becoming the S3 object key `key` (the raw body it held is dropped).
+/// `Ok(false)` when it was there already.
+///
+/// # Errors
+/// [`StoreError::NotFound`] without a record; the store's errors.
+pub(crate) async fn moved_to_s3(
+    store: &dyn RecordStore,
+    id: &str,
+    key: Vec<u8>,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    store
+        .advance(&Advance {
+            ns: ARCHIVE_NS.to_owned(),
+            key: id.to_owned(),
+            to: IN_S3,
+            data: Some(key),
+            now_ms,
+        })
+        .await
 }
 
 #[async_trait]

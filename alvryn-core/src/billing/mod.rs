@@ -39,6 +39,17 @@ pub use webhook::{
     verify,
 };
 
+/// The delay before try number `attempt` (1 for the first retry):
+/// `base` doubled at each attempt, at most `max`.
+pub(crate) fn doubling_delay(
+    base: std::time::Duration,
+    attempt: u32,
+    max: std::time::Duration,
+) -> std::time::Duration {
+    base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(max)
+}
+
 /// Now, Unix milliseconds, from the system clock.
 pub(crate) fn now_ms() -> i64 {
     use crate::auth::Clock as _;

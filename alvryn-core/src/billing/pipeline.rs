@@ -252,10 +252,7 @@ impl Default for EventRetry {
 
 impl EventRetry {
     fn delay_ms(&self, attempts: u32) -> i64 {
-        let d = self
-            .base_delay
-            .saturating_mul(1u32 << attempts.saturating_sub(1).min(20))
-            .min(self.max_delay);
+        let d = super::doubling_delay(self.base_delay, attempts, self.max_delay);
         i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
     }
 }

@@ -67,10 +67,7 @@ impl RetryPolicy {
     /// doubled backoff, capped, with "equal jitter" (half fixed, half
     /// random) so clients that failed together do not retry together.
     fn backoff(&self, retry: u32) -> Duration {
-        let exp = self
-            .base_delay
-            .saturating_mul(1u32 << retry.saturating_sub(1).min(16))
-            .min(self.max_delay);
+        let exp = super::doubling_delay(self.base_delay, retry, self.max_delay);
         let half = exp / 2;
         let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
         half + Duration::from_millis(rand::rng().random_range(0..=jitter_ms))

@@ -8,11 +8,9 @@ use async_trait::async_trait;
 
 use super::{Job, JobContext, JobError, JobReport};
 use crate::billing::WebhookPipeline;
-use crate::billing::archive::{
-    ARCHIVE_NS, Archived, EventArchive, IN_S3, PENDING_UPLOAD, RawEvent,
-};
+use crate::billing::archive::{ARCHIVE_NS, Archived, EventArchive, PENDING_UPLOAD, RawEvent};
 use crate::metrics as m;
-use crate::store::{Advance, Purge, RecordFilter, RecordStore};
+use crate::store::{Purge, RecordFilter, RecordStore};
 
 /// Moves raw Stripe events that the [`FallbackArchive`] kept in the
 /// database (S3 was down) to S3, oldest first, `batch` per run.
@@ -20,8 +18,8 @@ use crate::store::{Advance, Purge, RecordFilter, RecordStore};
 /// For each pending record: upload the body ([`EventArchive::archive`] of
 /// the S3 archive, which writes only if the object is absent, so an event
 /// a crashed run uploaded is not uploaded twice), then advance the record
-/// to [`IN_S3`] with the object key as its data, which drops the raw body
-/// from the database. A status only moves forward: of two runs that
+/// to [`IN_S3`](crate::billing::archive::IN_S3) with the object key as its
+/// data, which drops the raw body from the database. A status only moves forward: of two runs that
 /// raced (a stalled worker whose lease was taken over), exactly one moves
 /// it. An upload that fails leaves the record pending for a later run.
 ///
@@ -133,16 +131,13 @@ impl Job for ArchiveDrain {
             };
             match self.s3.archive(&event).await {
                 Ok(Archived::S3 { key }) => {
-                    let moved = self
-                        .records
-                        .advance(&Advance {
-                            ns: ARCHIVE_NS.to_owned(),
-                            key: event.id.clone(),
-                            to: IN_S3,
-                            data: Some(key.into_bytes()),
-                            now_ms: ctx.now_ms(),
-                        })
-                        .await?;
+                    let moved = crate::billing::archive::moved_to_s3(
+                        self.records.as_ref(),
+                        &event.id,
+                        key.into_bytes(),
+                        ctx.now_ms(),
+                    )
+                    .await?;
                     if moved {
                         metrics::counter!(m::ARCHIVE_REUPLOADS, "outcome" => "uploaded")
                             .increment(1);
