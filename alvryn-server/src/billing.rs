@@ -41,19 +41,38 @@ pub async fn s3_client() -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(conf)
 }
 
+/// An S3 client ([`s3_client`]) when the configuration names a bucket
+/// for raw events (`STRIPE_EVENT_S3_BUCKET`), else `None`.
+pub async fn s3_client_for(config: &Config) -> Option<aws_sdk_s3::Client> {
+    match &config.stripe_event_bucket {
+        Some(_) => Some(s3_client().await),
+        None => None,
+    }
+}
+
+/// The S3 archive of raw events in `bucket`, each upload bounded by
+/// [`S3_UPLOAD_TIMEOUT`].
+pub fn bounded_s3(
+    client: aws_sdk_s3::Client,
+    bucket: &str,
+    stripe: &StripeConfig,
+) -> Arc<dyn EventArchive> {
+    let s3 = S3Archive::new(client, bucket, &stripe.event_prefix);
+    let bounded = tower::ServiceBuilder::new()
+        .timeout(S3_UPLOAD_TIMEOUT)
+        .service(ArchiveService::new(Arc::new(s3)));
+    Arc::new(ServiceArchive::new(bounded))
+}
+
 /// The archive the configuration names: with `STRIPE_EVENT_S3_BUCKET`,
-/// S3 (each upload bounded by [`S3_UPLOAD_TIMEOUT`]) falling back to the
-/// database; without, the database.
+/// S3 ([`bounded_s3`]) falling back to the database; without, the
+/// database.
 pub async fn archive(
     config: &Config,
     stripe: &StripeConfig,
     store: &Arc<dyn StoreBackend>,
 ) -> Arc<dyn EventArchive> {
-    let s3 = match &config.stripe_event_bucket {
-        Some(_) => Some(s3_client().await),
-        None => None,
-    };
-    archive_with(config, stripe, store, s3)
+    archive_with(config, stripe, store, s3_client_for(config).await)
 }
 
 /// As [`archive`], over a given S3 client (used only with
@@ -66,16 +85,10 @@ pub fn archive_with(
 ) -> Arc<dyn EventArchive> {
     match (&config.stripe_event_bucket, client) {
         (None, _) | (Some(_), None) => Arc::new(DatabaseArchive::new(Arc::clone(store))),
-        (Some(bucket), Some(client)) => {
-            let s3 = S3Archive::new(client, bucket, &stripe.event_prefix);
-            let bounded = tower::ServiceBuilder::new()
-                .timeout(S3_UPLOAD_TIMEOUT)
-                .service(ArchiveService::new(Arc::new(s3)));
-            Arc::new(FallbackArchive::new(
-                Arc::new(ServiceArchive::new(bounded)),
-                Arc::clone(store),
-            ))
-        }
+        (Some(bucket), Some(client)) => Arc::new(FallbackArchive::new(
+            bounded_s3(client, bucket, stripe),
+            Arc::clone(store),
+        )),
     }
 }
 

@@ -254,10 +254,7 @@ impl AppState {
         let mut parts = Parts::new(config, store, cipher, jwt, hasher);
         if let Some(stripe) = &parts.config.stripe {
             let client = billing::stripe_client(stripe).map_err(StartupError::Stripe)?;
-            let s3 = match &parts.config.stripe_event_bucket {
-                Some(_) => Some(billing::s3_client().await),
-                None => None,
-            };
+            let s3 = billing::s3_client_for(&parts.config).await;
             let archive = billing::archive_with(&parts.config, stripe, &parts.store, s3.clone());
             parts = parts.with_billing(client, archive);
             if let Some(s3) = s3 {

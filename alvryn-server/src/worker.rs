@@ -18,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alvryn_core::billing::{ArchiveService, EventArchive, S3Archive, ServiceArchive};
 use alvryn_core::jobs::{ArchiveDrain, Job, PurgeExpired, RetryWebhookEvents, Worker};
 use alvryn_core::store::StoreBackend;
 use axum::Router;
@@ -40,12 +39,9 @@ pub async fn jobs(
 ) -> Result<Vec<Arc<dyn Job>>, StartupError> {
     let mut jobs: Vec<Arc<dyn Job>> = Vec::new();
     if let Some(stripe) = &config.stripe {
-        if let Some(bucket) = &config.stripe_event_bucket {
-            let s3 = S3Archive::new(billing::s3_client().await, bucket, &stripe.event_prefix);
-            let bounded = tower::ServiceBuilder::new()
-                .timeout(billing::S3_UPLOAD_TIMEOUT)
-                .service(ArchiveService::new(Arc::new(s3)));
-            let s3: Arc<dyn EventArchive> = Arc::new(ServiceArchive::new(bounded));
+        let s3 = billing::s3_client_for(config).await;
+        if let (Some(bucket), Some(client)) = (&config.stripe_event_bucket, &s3) {
+            let s3 = billing::bounded_s3(client.clone(), bucket, stripe);
             jobs.push(Arc::new(
                 ArchiveDrain::new(Arc::clone(store) as _, s3)
                     .batch(config.worker.archive_batch)
@@ -57,7 +53,7 @@ pub async fn jobs(
             );
         }
         let client = billing::stripe_client(stripe).map_err(StartupError::Stripe)?;
-        let archive = billing::archive(config, stripe, store).await;
+        let archive = billing::archive_with(config, stripe, store, s3);
         let pipeline = billing::pipeline(stripe, Arc::clone(store), client, archive);
         jobs.push(Arc::new(RetryWebhookEvents::new(Arc::new(pipeline))));
     }
