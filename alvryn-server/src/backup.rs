@@ -20,7 +20,7 @@
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 
@@ -64,17 +64,13 @@ fn free_name(dir: &Path, stamp: &str, ext: &str) -> PathBuf {
 }
 
 fn make_output_dir(dir: &Path) -> Result<(), ExitCode> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| {
-            eprintln!(
-                "alvryn: cannot create the backup folder {}: {e}",
-                dir.display()
-            );
-            ExitCode::from(EXIT_FAILURE)
-        })
+    crate::dev::ensure_data_dir(dir).map_err(|e| {
+        eprintln!(
+            "alvryn: cannot create the backup folder {}: {e}",
+            dir.display()
+        );
+        ExitCode::from(EXIT_FAILURE)
+    })
 }
 
 /// `alvryn backup`: prints the backup's path on stdout, a summary on

@@ -636,6 +636,18 @@ impl Reader<'_> {
         settings
     }
 
+    /// A socket address, `default` when unset, or (`None`) a problem
+    /// showing the default as the example.
+    fn address(&mut self, var: &'static str, default: SocketAddr) -> Option<SocketAddr> {
+        let Some(t) = self.text(var) else {
+            return Some(default);
+        };
+        t.trim()
+            .parse()
+            .map_err(|_| self.problem(var, format!("must be an address like {default}")))
+            .ok()
+    }
+
     /// A whole number in `min..=max`, or a problem naming the range.
     fn number(&mut self, var: &'static str, min: u64, max: u64) -> Option<u64> {
         let t = self.text(var)?;
@@ -650,14 +662,8 @@ impl Reader<'_> {
 
     fn worker(&mut self) -> WorkerSettings {
         let mut w = WorkerSettings::default();
-        if let Some(t) = self.text("ALVRYN_WORKER_METRICS_BIND") {
-            match t.trim().parse() {
-                Ok(addr) => w.metrics_bind = addr,
-                Err(_) => self.problem(
-                    "ALVRYN_WORKER_METRICS_BIND",
-                    "must be an address like 127.0.0.1:9091",
-                ),
-            }
+        if let Some(addr) = self.address("ALVRYN_WORKER_METRICS_BIND", w.metrics_bind) {
+            w.metrics_bind = addr;
         }
         if let Some(n) = self.number("ALVRYN_WORKER_LEASE_TTL_SECONDS", 1, 3600) {
             w.lease_ttl = std::time::Duration::from_secs(n);
@@ -897,14 +903,7 @@ impl Config {
         r.mode = r.mode();
         let bind = match overrides.bind {
             Some(b) => Some(b),
-            None => match r.text("ALVRYN_BIND") {
-                None => Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
-                Some(t) => t
-                    .trim()
-                    .parse()
-                    .map_err(|_| r.problem("ALVRYN_BIND", "must be an address like 127.0.0.1:8080"))
-                    .ok(),
-            },
+            None => r.address("ALVRYN_BIND", SocketAddr::from(([127, 0, 0, 1], 8080))),
         };
         let data_dir = overrides
             .data_dir
