@@ -12,7 +12,7 @@
 //!    _ -`), otherwise dropped and replaced by a random UUID
 //!    (tower-http's `SetRequestId`), and echoed on the answer
 //!    (`PropagateRequestId`);
-//! 2. [`access_log`]: the request runs inside a `request` span with its
+//! 2. `access_log`: the request runs inside a `request` span with its
 //!    `request_id` (so every log line of the request names it), is
 //!    counted and timed for `/metrics` ([`crate::prometheus::record`]),
 //!    and one INFO line (target `alvryn::access`) follows it with the

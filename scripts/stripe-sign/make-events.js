@@ -7,7 +7,7 @@
 // other one) or customer, with fresh ids; each subscription is a new one
 // of a new user (a sign-up), so each applies and, as in life, a user has
 // one subscription, not hundreds (a user's billing state holds every
-// subscription it has had). Signed now by
+// subscription of theirs that has not ended). Signed now by
 // stripe.webhooks.generateTestHeaderString (Stripe's own library).
 'use strict';
 

@@ -630,37 +630,39 @@ impl WebhookPipeline {
     pub async fn retry_due(&self, now_ms: i64, limit: usize) -> Result<Report, StoreError> {
         let grace = i64::try_from(self.retry.received_grace.as_millis()).unwrap_or(i64::MAX);
         let mut report = Report::default();
-        let limit = limit.max(1);
-        // `received` and every `failed` status in one listing, page by
-        // page: events not due yet (a later try, a delivery still in its
-        // grace) do not hide those behind them.
+        // Status by status (`received`, then each `failed` attempt), page
+        // by page in the status index's order: events not due yet (a
+        // later try, a delivery still in its grace) do not hide those
+        // behind them, and each page costs its own size.
         let mut due = Vec::new();
-        let mut after = None;
-        while due.len() < limit {
-            let filter = RecordFilter {
-                status: Some(StatusRange::new(RECEIVED, DEAD - 1)),
-                limit,
-                after: after.take(),
-                ..RecordFilter::default()
-            };
-            let page = self.store.records(EVENT_NS, &filter, now_ms).await?;
-            let full = page.len() == limit;
-            after = page.last().map(RecordCursor::of);
-            for r in page {
-                let Ok(meta) = serde_json::from_slice::<Meta>(&r.data) else {
-                    continue;
+        for status in std::iter::once(RECEIVED).chain(FAILED_BASE + 1..DEAD) {
+            let mut after = None;
+            while due.len() < limit {
+                let filter = RecordFilter {
+                    status: Some(status.into()),
+                    limit,
+                    after: after.take(),
+                    ..RecordFilter::default()
                 };
-                let ready = if r.status == RECEIVED {
-                    r.updated_at_ms.saturating_add(grace) <= now_ms
-                } else {
-                    meta.next_at_ms <= now_ms
-                };
-                if ready && due.len() < limit {
-                    due.push((r.key, meta));
+                let page = self.store.records(EVENT_NS, &filter, now_ms).await?;
+                let full = page.len() == limit;
+                after = page.last().map(RecordCursor::of);
+                for r in page {
+                    let Ok(meta) = serde_json::from_slice::<Meta>(&r.data) else {
+                        continue;
+                    };
+                    let ready = if status == RECEIVED {
+                        r.updated_at_ms.saturating_add(grace) <= now_ms
+                    } else {
+                        meta.next_at_ms <= now_ms
+                    };
+                    if ready && due.len() < limit {
+                        due.push((r.key, meta));
+                    }
                 }
-            }
-            if !full {
-                break;
+                if !full {
+                    break;
+                }
             }
         }
         for (id, meta) in due {

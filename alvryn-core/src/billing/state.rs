@@ -76,7 +76,7 @@ struct UserBilling {
     subs: BTreeMap<String, SubState>,
     /// The newest `as_of` of the subscriptions forgotten: an event about
     /// a subscription not kept, no newer than this, may be about one of
-    /// them, and is stale.
+    /// them (see [`Self::forget_old_endings`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     forgotten_until: Option<i64>,
 }
@@ -87,10 +87,10 @@ impl UserBilling {
     /// read and rewritten at each of the user's events: without this, a
     /// user who subscribes and cancels again and again would make every
     /// later event slower. What is forgotten grants nothing and cannot
-    /// change; an event about it arriving late is stale (see
-    /// `forgotten_until`), and so would be an event about a new
-    /// subscription only if the [`KEPT_ENDED`] subscriptions kept all
-    /// ended after it was sent.
+    /// change. An event about a subscription the state does not hold, no
+    /// newer than `forgotten_until`, is settled by Stripe: stale if the
+    /// subscription has ended, applied as Stripe has it otherwise (a new
+    /// subscription delivered late).
     fn forget_old_endings(&mut self) {
         let shown = self.effective().map(|(id, _)| id.to_owned());
         let mut ended: Vec<(i64, String)> = self
@@ -493,9 +493,22 @@ impl Subscriptions {
                 StoreError::Corrupt(_) => ApplyError::Corrupt,
                 e => ApplyError::Store(e),
             })?;
-            let forgotten = state.forgotten_until.is_some_and(|until| as_of <= until);
-            if forgotten && !state.subs.contains_key(&sub.id) {
-                return Ok(ApplyOutcome::Stale);
+            // Not kept, and no newer than the newest ending forgotten: it
+            // may be about a forgotten subscription (whose newer state is
+            // gone) or a new one delivered late. Stripe says which: an
+            // ended subscription changes nothing, a live one is applied
+            // as Stripe has it now.
+            let unknown = !state.subs.contains_key(&sub.id)
+                && state.forgotten_until.is_some_and(|until| as_of <= until);
+            if unknown {
+                if !fetched {
+                    sub = self.billing.subscription(&sub.id).await?;
+                    fetched = true;
+                    continue;
+                }
+                if has_ended(&sub.status) {
+                    return Ok(ApplyOutcome::Stale);
+                }
             }
             if let Some(stored) = state.subs.get(&sub.id) {
                 if stored.as_of > as_of {

@@ -73,7 +73,9 @@ pub(crate) async fn find(
 /// The most links [`of_user`] lists.
 const MAX_LINKS_LISTED: usize = 16;
 
-/// Every link of a user, oldest first.
+/// A user's links, oldest first (every one: a user has at most one per
+/// provider; a damaged store's extras beyond [`MAX_LINKS_LISTED`] are
+/// not listed).
 pub(crate) async fn of_user(
     store: &dyn StoreBackend,
     user_id: &str,

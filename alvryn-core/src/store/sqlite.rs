@@ -178,7 +178,8 @@ const MAX_IDLE_READERS: usize = 16;
 const MAX_LISTINGS: usize = 8;
 /// A listing of at most this many records (its filter's `limit`) runs
 /// on the caller's thread, like a point read: it reads a bounded range
-/// of an index, cheaper than a hand-off to the blocking pool.
+/// of an index, cheaper than a hand-off to the blocking pool (not a
+/// status range without an owner, which reads and sorts the range).
 const MAX_INLINE_LISTING: usize = 64;
 /// Most writes waiting for the writer; a caller beyond it waits for room
 /// (backpressure) instead of growing the queue.
@@ -205,7 +206,7 @@ struct Inner {
     writes: tokio::sync::mpsc::Sender<Job>,
     readers: Mutex<Vec<Connection>>,
     /// Turns for listings on the blocking pool ([`MAX_LISTINGS`]).
-    listings: tokio::sync::Semaphore,
+    listings: Arc<tokio::sync::Semaphore>,
     /// The shared lock on the database's lock file (see [`backup`]),
     /// also held by the writer thread until its connection is closed.
     _lock: Arc<std::fs::File>,
@@ -276,7 +277,7 @@ impl SqliteStore {
                 path,
                 writes: tx,
                 readers: Mutex::new(vec![reader]),
-                listings: tokio::sync::Semaphore::new(MAX_LISTINGS),
+                listings: Arc::new(tokio::sync::Semaphore::new(MAX_LISTINGS)),
                 _lock: lock,
             }),
         })
@@ -325,16 +326,20 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let _turn = self
-            .inner
-            .listings
-            .acquire()
+        // The turn goes with the read: a caller that gives up (a timeout)
+        // does not free it while the read still runs.
+        let turn = Arc::clone(&self.inner.listings)
+            .acquire_owned()
             .await
             .map_err(StoreError::unavailable)?;
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.read(f))
-            .await
-            .map_err(StoreError::unavailable)?
+        tokio::task::spawn_blocking(move || {
+            let out = store.read(f);
+            drop(turn);
+            out
+        })
+        .await
+        .map_err(StoreError::unavailable)?
     }
 
     /// Queues a write for the writer and waits until its group is
@@ -1182,7 +1187,10 @@ impl RecordStore for SqliteStore {
             0 => usize::MAX,
             n => n,
         };
-        let inline = (1..=MAX_INLINE_LISTING).contains(&filter.limit);
+        // A range of statuses without an owner reads and sorts all the
+        // range holds (see `listing_sql`), whatever the limit.
+        let sorted = filter.owner.is_none() && Statuses::of(filter.status) == Statuses::Range;
+        let inline = (1..=MAX_INLINE_LISTING).contains(&filter.limit) && !sorted;
         let (ns, filter) = (ns.to_owned(), filter.clone());
         let list = move |c: &Connection| {
             let sql = listing_sql(filter.owner.is_some(), Statuses::of(filter.status));
