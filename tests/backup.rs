@@ -18,9 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{Server, alvryn, post_json, run};
-
-const PASSWORD: &str = "correct horse battery staple";
+use support::{PASSWORD, Server, alvryn, post_json, run, signup};
 
 fn server(data: &Path) -> Server {
     let mut c = alvryn();
@@ -31,15 +29,6 @@ fn server(data: &Path) -> Server {
         c.env(format!("ALVRYN_RATE_LIMIT_{group}"), "off");
     }
     Server::start(c)
-}
-
-fn signup(addr: SocketAddr, email: &str) -> support::Response {
-    post_json(
-        addr,
-        "/auth/signup",
-        &json!({"email": email, "password": PASSWORD}),
-        None,
-    )
 }
 
 fn login_status(addr: SocketAddr, email: &str) -> u16 {

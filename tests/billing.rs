@@ -19,10 +19,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Response, Server, alvryn, post_json, raw_request, run, service, with_bearer};
+use support::{
+    Response, Server, alvryn, eventually, post_json, raw_request, run, service, with_bearer,
+};
 
 const WHSEC: &str = "whsec_alvrynBillingEndToEnd0123456789";
 const KEY: &str = "sk_test_alvrynBillingEndToEndDoNotLeak";
@@ -38,12 +39,8 @@ fn billing_cmd(
     extra: &[(&str, &str)],
 ) -> Command {
     let mut c = alvryn();
-    c.env("ALVRYN_DATA_DIR", dir)
-        .env("STRIPE_SECRET_KEY", KEY)
-        .env("STRIPE_WEBHOOK_SECRET", WHSEC)
-        .env("STRIPE_PRICE_MAP", prices)
-        .env("STRIPE_API_BASE", api_base)
-        .env("FRONTEND_URL", "https://app.example.com");
+    support::billing_env(&mut c, dir, KEY, WHSEC, prices, Some(api_base));
+    c.env("FRONTEND_URL", "https://app.example.com");
     for (k, v) in extra {
         c.env(k, v);
     }
@@ -53,13 +50,7 @@ fn billing_cmd(
 /// Signs up and returns the access token and the user id.
 fn signup(addr: SocketAddr) -> (String, String) {
     let email = format!("{}@example.com", support::unique("billing-"));
-    let r = post_json(
-        addr,
-        "/auth/signup",
-        &json!({"email": email, "password": "correct horse battery staple"}),
-        None,
-    );
-    assert_eq!(r.status, 201, "{}", r.body);
+    let r = support::signed_up(addr, &email);
     let token = r.json()["access_token"].as_str().unwrap().to_owned();
     let me = with_bearer(addr, "GET", "/auth/me", &token).json();
     (token, me["id"].as_str().unwrap().to_owned())
@@ -95,20 +86,6 @@ fn deliver(addr: SocketAddr, body: &str, signature: Option<&str>) -> Response {
 fn deliver_signed(addr: SocketAddr, script: &str, body: &str) -> Response {
     let sig = stripe_support::sign_one(script, body, WHSEC, now_s());
     deliver(addr, body, Some(&sig))
-}
-
-/// Polls `f` until it returns `Some`, for at most `secs` seconds.
-fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// `alvryn events list` as JSON.
@@ -493,13 +470,8 @@ fn stripe_down_is_503_billing_unavailable_with_retry_after() {
 
 /// A server archiving to `bucket` at the S3 endpoint `endpoint`.
 fn s3_server(dir: &std::path::Path, endpoint: &str, bucket: &str) -> Server {
-    let mut c = billing_cmd(
-        dir,
-        &dead_base(),
-        "price_alvrynPro:pro",
-        &[("STRIPE_EVENT_S3_BUCKET", bucket)],
-    );
-    support::moto_env(&mut c, endpoint);
+    let mut c = billing_cmd(dir, &dead_base(), "price_alvrynPro:pro", &[]);
+    support::s3_archive_env(&mut c, bucket, endpoint);
     Server::start(c)
 }
 
@@ -561,13 +533,8 @@ fn events_reach_s3_and_every_s3_fault_ends_with_the_raw_payload_in_the_database(
     assert_eq!(sha.as_deref(), Some(want.as_str()));
     drop(server);
     // Replayed from S3 (the database keeps only the key).
-    let mut c = billing_cmd(
-        dir.path(),
-        &dead_base(),
-        "price_alvrynPro:pro",
-        &[("STRIPE_EVENT_S3_BUCKET", &bucket)],
-    );
-    support::moto_env(&mut c, &moto);
+    let mut c = billing_cmd(dir.path(), &dead_base(), "price_alvrynPro:pro", &[]);
+    support::s3_archive_env(&mut c, &bucket, &moto);
     c.args(["events", "replay", "--id", &id, "--run"]);
     let out = run(c);
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);

@@ -135,16 +135,18 @@ fn metrics_after_a_scripted_session_pass_promtool_and_count_exactly_what_happene
     let dir = tempfile::tempdir().unwrap();
     let dead = format!("http://127.0.0.1:{}", support::free_port());
     let mut c = alvryn();
-    c.env("ALVRYN_DATA_DIR", dir.path())
-        .env("ALVRYN_REFRESH_GRACE_SECONDS", "0")
-        .env("FIELD_ENCRYPTION_KEY", &field_key)
-        .env("STRIPE_SECRET_KEY", KEY)
-        .env("STRIPE_WEBHOOK_SECRET", WHSEC)
-        .env("STRIPE_PRICE_MAP", "price_alvrynPro:pro")
-        .env("STRIPE_API_BASE", &dead)
-        // S3 down: each event falls back to the database.
-        .env("STRIPE_EVENT_S3_BUCKET", "alvryn-metrics-e2e");
-    support::moto_env(&mut c, &dead);
+    c.env("ALVRYN_REFRESH_GRACE_SECONDS", "0")
+        .env("FIELD_ENCRYPTION_KEY", &field_key);
+    support::billing_env(
+        &mut c,
+        dir.path(),
+        KEY,
+        WHSEC,
+        "price_alvrynPro:pro",
+        Some(&dead),
+    );
+    // S3 down: each event falls back to the database.
+    support::s3_archive_env(&mut c, "alvryn-metrics-e2e", &dead);
     let server = Server::start(c);
     let addr = server.addr;
 

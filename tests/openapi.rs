@@ -21,11 +21,14 @@ const KEY: &str = "sk_test_alvrynOpenApiDoNotLeak";
 /// A server with billing configured against the test Stripe.
 fn server(dir: &std::path::Path, stripe: &str) -> Server {
     let mut c = alvryn();
-    c.env("ALVRYN_DATA_DIR", dir)
-        .env("STRIPE_SECRET_KEY", KEY)
-        .env("STRIPE_WEBHOOK_SECRET", "whsec_alvrynOpenApi0123456789")
-        .env("STRIPE_PRICE_MAP", "price_alvrynOpenApi:pro")
-        .env("STRIPE_API_BASE", stripe);
+    support::billing_env(
+        &mut c,
+        dir,
+        KEY,
+        "whsec_alvrynOpenApi0123456789",
+        "price_alvrynOpenApi:pro",
+        Some(stripe),
+    );
     Server::start(c)
 }
 

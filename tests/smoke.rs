@@ -41,15 +41,15 @@ fn passed_or_not_served(stdout: &str, step: &str, path: &str) -> bool {
 
 fn billing_server(data: &Path) -> Server {
     let mut c = alvryn();
-    c.env("ALVRYN_DATA_DIR", data)
-        .env("STRIPE_SECRET_KEY", "sk_test_smoke")
-        .env("STRIPE_WEBHOOK_SECRET", WHSEC)
-        .env("STRIPE_PRICE_MAP", "price_smoke:pro")
-        // The test event is ignored: Stripe is never called.
-        .env(
-            "STRIPE_API_BASE",
-            format!("http://127.0.0.1:{}", support::free_port()),
-        );
+    // The test event is ignored: Stripe is never called.
+    support::billing_env(
+        &mut c,
+        data,
+        "sk_test_smoke",
+        WHSEC,
+        "price_smoke:pro",
+        None,
+    );
     Server::start(c)
 }
 

@@ -16,16 +16,22 @@ use std::net::SocketAddr;
 
 use serde_json::{Value, json};
 use support::{
-    Response, Server, alvryn, free_port, post_json, raw_bytes, raw_request, service, with_bearer,
+    PASSWORD, Response, Server, alvryn, free_port, post_json, raw_bytes, raw_request, service,
+    signed_up as signup, with_bearer,
 };
 use url::Url;
 
-const PASSWORD: &str = "correct horse battery staple";
 const FRONTEND: &str = "https://app.example.com";
 const JWT: &str = "web-hardening-access-secret-0123456789abcdef";
 const JWT_REFRESH: &str = "web-hardening-refresh-secret-0123456789abcdef";
 const STRIPE_KEY: &str = "sk_test_webHardeningDoNotLeak";
 const WHSEC: &str = "whsec_webHardeningDoNotLeak0123456789";
+
+/// Billing on `c` with this file's secrets, Stripe's API where nothing
+/// listens.
+fn billing(c: &mut std::process::Command, dir: &std::path::Path) {
+    support::billing_env(c, dir, STRIPE_KEY, WHSEC, "price_webHardening:pro", None);
+}
 
 /// The headers every answer must carry, with their exact values (written
 /// out here, not taken from the server's code, so a change there shows).
@@ -126,17 +132,6 @@ fn tokens(r: &Response) -> (String, String) {
     )
 }
 
-fn signup(addr: SocketAddr, email: &str) -> Response {
-    let r = post_json(
-        addr,
-        "/auth/signup",
-        &json!({"email": email, "password": PASSWORD}),
-        None,
-    );
-    assert_eq!(r.status, 201, "{}", r.body);
-    r
-}
-
 /// The routes the server declares: every operation of its
 /// `/openapi.json` (the router is built from that description, see
 /// `alvryn-server/src/openapi.rs`), and the description itself. A route
@@ -186,15 +181,9 @@ fn every_route_and_every_error_carries_the_security_headers() {
             "GOOGLE_DISCOVERY_URL",
             format!("{oidc}/.well-known/openid-configuration"),
         )
-        .env("GOOGLE_ISSUER", &oidc)
-        .env("STRIPE_SECRET_KEY", STRIPE_KEY)
-        .env("STRIPE_WEBHOOK_SECRET", WHSEC)
-        .env("STRIPE_PRICE_MAP", "price_webHardening:pro")
-        // Nothing listens there; no request below reaches Stripe.
-        .env(
-            "STRIPE_API_BASE",
-            format!("http://127.0.0.1:{}", free_port()),
-        );
+        .env("GOOGLE_ISSUER", &oidc);
+    // No request below reaches Stripe.
+    billing(&mut c, dir.path());
     let server = Server::start(c);
     let a = server.addr;
     let mut seen_all: Vec<Seen> = Vec::new();
@@ -779,16 +768,12 @@ fn cors_allows_the_listed_origins_with_credentials_and_nothing_else() {
 /// bucket is at an endpoint where nothing listens).
 fn server_with_dead_s3(dir: &std::path::Path, json_logs: bool) -> Server {
     let mut c = alvryn();
-    c.env("ALVRYN_DATA_DIR", dir)
-        .env("STRIPE_SECRET_KEY", STRIPE_KEY)
-        .env("STRIPE_WEBHOOK_SECRET", WHSEC)
-        .env("STRIPE_PRICE_MAP", "price_webHardening:pro")
-        .env(
-            "STRIPE_API_BASE",
-            format!("http://127.0.0.1:{}", free_port()),
-        )
-        .env("STRIPE_EVENT_S3_BUCKET", "alvryn-web-hardening");
-    support::moto_env(&mut c, &format!("http://127.0.0.1:{}", free_port()));
+    billing(&mut c, dir);
+    support::s3_archive_env(
+        &mut c,
+        "alvryn-web-hardening",
+        &format!("http://127.0.0.1:{}", free_port()),
+    );
     if json_logs {
         c.env("ALVRYN_LOG_FORMAT", "json");
     }
@@ -1050,16 +1035,8 @@ fn readyz_is_200_when_all_is_well_without_s3() {
 
 fn s3_server(dir: &std::path::Path, endpoint: &str, bucket: &str) -> Server {
     let mut c = alvryn();
-    c.env("ALVRYN_DATA_DIR", dir)
-        .env("STRIPE_SECRET_KEY", STRIPE_KEY)
-        .env("STRIPE_WEBHOOK_SECRET", WHSEC)
-        .env("STRIPE_PRICE_MAP", "price_webHardening:pro")
-        .env(
-            "STRIPE_API_BASE",
-            format!("http://127.0.0.1:{}", free_port()),
-        )
-        .env("STRIPE_EVENT_S3_BUCKET", bucket);
-    support::moto_env(&mut c, endpoint);
+    billing(&mut c, dir);
+    support::s3_archive_env(&mut c, bucket, endpoint);
     Server::start(c)
 }
 

@@ -15,7 +15,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::{Server, alvryn, raw_request, service};
 
@@ -27,16 +27,8 @@ const IN_S3: i64 = 3;
 /// `alvryn` with billing and the S3 archive at `s3_endpoint`.
 fn cmd(dir: &Path, s3_endpoint: &str, bucket: &str, extra: &[(&str, &str)]) -> Command {
     let mut c = alvryn();
-    c.env("ALVRYN_DATA_DIR", dir)
-        .env("STRIPE_SECRET_KEY", KEY)
-        .env("STRIPE_WEBHOOK_SECRET", WHSEC)
-        .env("STRIPE_PRICE_MAP", "price_alvrynPro:pro")
-        .env(
-            "STRIPE_API_BASE",
-            format!("http://127.0.0.1:{}", support::free_port()),
-        )
-        .env("STRIPE_EVENT_S3_BUCKET", bucket);
-    support::moto_env(&mut c, s3_endpoint);
+    support::billing_env(&mut c, dir, KEY, WHSEC, "price_alvrynPro:pro", None);
+    support::s3_archive_env(&mut c, bucket, s3_endpoint);
     for (k, v) in extra {
         c.env(k, v);
     }
@@ -169,15 +161,8 @@ fn versions(
     by_key
 }
 
-fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_for<T>(secs: u64, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    support::eventually(secs, f).unwrap_or_else(|| panic!("timed out waiting for {what}"))
 }
 
 /// Checks that every event is in S3 exactly once, byte for byte, and

@@ -625,3 +625,65 @@ pub fn documented_operations(addr: SocketAddr) -> std::collections::BTreeSet<(St
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}", alvryn::core::random_hex(6))
 }
+
+/// The password the end-to-end tests sign up with.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// `POST /auth/signup` for `email` with [`PASSWORD`], whatever answers.
+pub fn signup(addr: SocketAddr, email: &str) -> Response {
+    post_json(
+        addr,
+        "/auth/signup",
+        &serde_json::json!({"email": email, "password": PASSWORD}),
+        None,
+    )
+}
+
+/// As [`signup`], and the sign-up succeeded (201).
+pub fn signed_up(addr: SocketAddr, email: &str) -> Response {
+    let r = signup(addr, email);
+    assert_eq!(r.status, 201, "{}", r.body);
+    r
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most `secs`
+/// seconds; `None` when it never did.
+pub fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Configures billing on `c`: the data folder `dir`, Stripe's secret key
+/// `key`, the webhook secret `whsec`, the price map `prices`, and
+/// Stripe's API at `api_base`, or with `None` at a loopback port where
+/// nothing listens (for a test whose requests never reach Stripe).
+pub fn billing_env(
+    c: &mut Command,
+    dir: &std::path::Path,
+    key: &str,
+    whsec: &str,
+    prices: &str,
+    api_base: Option<&str>,
+) {
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    c.env("ALVRYN_DATA_DIR", dir)
+        .env("STRIPE_SECRET_KEY", key)
+        .env("STRIPE_WEBHOOK_SECRET", whsec)
+        .env("STRIPE_PRICE_MAP", prices)
+        .env("STRIPE_API_BASE", api_base.unwrap_or(&dead));
+}
+
+/// Raw events to the S3 bucket `bucket` at the S3 endpoint `endpoint`
+/// (moto's, or one where nothing listens), with moto's credentials.
+pub fn s3_archive_env(c: &mut Command, bucket: &str, endpoint: &str) {
+    c.env("STRIPE_EVENT_S3_BUCKET", bucket);
+    moto_env(c, endpoint);
+}
