@@ -654,9 +654,7 @@ fn write_new_blob(output: &std::path::Path, blob: &str, force: bool) -> std::io:
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut suffix = [0u8; 8];
-    rand::fill(&mut suffix[..]);
-    let tmp = folder.join(format!(".{name}.{}.tmp", alvryn_core::hex(&suffix)));
+    let tmp = folder.join(format!(".{name}.{}.tmp", alvryn_core::random_hex(8)));
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)

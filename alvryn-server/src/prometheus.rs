@@ -9,12 +9,11 @@
 //! (`/auth/sessions/{id}`, never the id), `unmatched` for paths no route
 //! has; the method is one of the standard ones, else `other`.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::MatchedPath;
 use axum::http::{Method, StatusCode};
-use metrics::{Unit, describe_counter, describe_histogram};
+use metrics::{Label, SharedString, Unit, describe_counter, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Counter: HTTP requests answered, by `method`, `route` and `status`.
@@ -106,21 +105,23 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// Counts a request answered with `status` and records how long it
-/// took, by method and route template (`unmatched` for none). The access
-/// log ([`crate::web`]), outermost around every route, calls it, so
-/// requests answered by the timeout and panic layers, and CORS
-/// preflights, are counted with their status.
-pub fn record(method: &Method, route: Option<&MatchedPath>, status: StatusCode, took: Duration) {
+/// took, by method and `route` template (`unmatched` for none). The
+/// access log ([`crate::web`]), outermost around every route, calls it,
+/// so requests answered by the timeout and panic layers, and CORS
+/// preflights, are counted with their status. Two allocations: the
+/// route and the status are shared by the counter's and the histogram's
+/// labels, the method is static.
+pub fn record(method: &Method, route: &str, status: StatusCode, took: Duration) {
     let labels = [
-        ("method", method_label(method).to_owned()),
-        (
-            "route",
-            route.map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned()),
+        Label::new("method", SharedString::const_str(method_label(method))),
+        Label::new("route", SharedString::from_shared(Arc::<str>::from(route))),
+        Label::new(
+            "status",
+            SharedString::from_shared(Arc::<str>::from(status.as_str())),
         ),
-        ("status", status.as_str().to_owned()),
     ];
-    metrics::counter!(HTTP_REQUESTS, &labels).increment(1);
-    metrics::histogram!(HTTP_DURATION, &labels).record(took.as_secs_f64());
+    metrics::counter!(HTTP_REQUESTS, labels.iter()).increment(1);
+    metrics::histogram!(HTTP_DURATION, labels.iter()).record(took.as_secs_f64());
 }
 
 #[cfg(test)]

@@ -197,12 +197,7 @@ impl Limit {
             .ok()
             .filter(|n| (1..=MAX_REQUESTS).contains(n))
             .ok_or_else(bad)?;
-        let window = window.trim();
-        let window = window
-            .parse::<u64>()
-            .map(Duration::from_secs)
-            .or_else(|_| humantime::parse_duration(window))
-            .ok()
+        let window = crate::config::seconds_or_duration(window)
             .filter(|w| w.subsec_nanos() == 0 && *w >= Duration::from_secs(1) && *w <= MAX_WINDOW)
             .ok_or_else(bad)?;
         Ok(Some(Limit { requests, window }))

@@ -160,9 +160,8 @@ impl Client {
 use alvryn_core::random_hex;
 
 fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    use alvryn_core::auth::Clock as _;
+    alvryn_core::auth::SystemClock.now_ms() / 1000
 }
 
 /// The tokens of a token response.

@@ -217,12 +217,13 @@ async fn access_log(req: Request, next: Next) -> Response {
     let response = next.run(req).instrument(span.clone()).await;
     let took = started.elapsed();
     let status = response.status();
-    crate::prometheus::record(&method, route.as_ref(), status, took);
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    crate::prometheus::record(&method, route, status, took);
     tracing::info!(
         target: ACCESS_TARGET,
         parent: &span,
         method = %method,
-        route = %route.as_ref().map_or("unmatched", MatchedPath::as_str),
+        route = %route,
         status = status.as_u16(),
         latency_ms = took.as_micros() as f64 / 1000.0,
         request_id = %id,

@@ -24,7 +24,6 @@ use axum::Router;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse as _;
 use axum::routing::get;
-use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::{StartupError, billing};
@@ -110,12 +109,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
     crate::prometheus::install();
-    let listener = TcpListener::bind(metrics_bind)
-        .await
-        .map_err(|source| StartupError::Bind {
-            addr: metrics_bind,
-            source,
-        })?;
+    let listener = crate::bind(metrics_bind).await?;
     let local = listener.local_addr().map_err(StartupError::Serve)?;
     let store = crate::open_store(&config).await?;
     let mut worker =

@@ -955,25 +955,18 @@ impl Config {
         };
         let session_max_age = match r.text("ALVRYN_SESSION_MAX_AGE") {
             None => Some(alvryn_core::auth::DEFAULT_SESSION_MAX_AGE),
-            Some(t) => {
-                let t = t.trim();
-                let parsed = t
-                    .parse::<u64>()
-                    .map(std::time::Duration::from_secs)
-                    .or_else(|_| humantime::parse_duration(t));
-                match parsed {
-                    Ok(d) if d.is_zero() => None,
-                    Ok(d) if d.as_secs() >= 60 && d.as_secs() <= 10 * 365 * 86_400 => Some(d),
-                    _ => {
-                        r.problem(
-                            "ALVRYN_SESSION_MAX_AGE",
-                            "must be 0 (no limit) or a duration from 1 minute to 10 years, \
+            Some(t) => match seconds_or_duration(&t) {
+                Some(d) if d.is_zero() => None,
+                Some(d) if d.as_secs() >= 60 && d.as_secs() <= 10 * 365 * 86_400 => Some(d),
+                _ => {
+                    r.problem(
+                        "ALVRYN_SESSION_MAX_AGE",
+                        "must be 0 (no limit) or a duration from 1 minute to 10 years, \
                              in seconds or like 90d or 12h",
-                        );
-                        None
-                    }
+                    );
+                    None
                 }
-            }
+            },
         };
         let limits = r.limits();
         let rate_limits = r.rate_limits();
@@ -1270,6 +1263,15 @@ impl Config {
         );
         m
     }
+}
+
+/// Whole seconds (`90`) or a duration (`5m`, `1h 30m`), trimmed.
+pub(crate) fn seconds_or_duration(text: &str) -> Option<std::time::Duration> {
+    let text = text.trim();
+    text.parse::<u64>()
+        .map(std::time::Duration::from_secs)
+        .or_else(|_| humantime::parse_duration(text))
+        .ok()
 }
 
 #[cfg(test)]

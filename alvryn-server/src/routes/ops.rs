@@ -70,24 +70,21 @@ async fn readyz(State(state): State<AppState>) -> Response {
         .iter()
         .map(|(name, check)| ((*name).to_owned(), check.as_str().to_owned()))
         .collect();
-    let no_store = [(axum::http::header::CACHE_CONTROL, "no-store")];
-    if report.ready() {
-        let body = Readiness {
-            status: "ready",
-            checks,
-            error: None,
-        };
-        return (StatusCode::OK, no_store, Json(body)).into_response();
-    }
-    let body = Readiness {
-        status: "not_ready",
-        checks,
-        error: Some(ErrorDetail {
+    let (status, word, error) = if report.ready() {
+        (StatusCode::OK, "ready", None)
+    } else {
+        let error = ErrorDetail {
             code: "not_ready".to_owned(),
             message: format!("not ready: {}", report.failed().join(", ")),
-        }),
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, "not_ready", Some(error))
     };
-    (StatusCode::SERVICE_UNAVAILABLE, no_store, Json(body)).into_response()
+    let body = Readiness {
+        status: word,
+        checks,
+        error,
+    };
+    super::auth::no_store((status, Json(body)))
 }
 
 /// Whether `headers` carry `Authorization: Bearer <token>` (compared in

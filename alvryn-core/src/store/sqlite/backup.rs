@@ -126,9 +126,7 @@ pub struct Snapshot {
 /// The lock file of the database at `db`: `{db}.lock`.
 #[must_use]
 pub fn lock_path(db: &Path) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push(".lock");
-    PathBuf::from(name)
+    with_suffix(db, ".lock")
 }
 
 fn open_lock_file(db: &Path) -> Result<File, BackupError> {
@@ -203,9 +201,7 @@ fn temporary_beside(target: &Path) -> Result<(PathBuf, File), BackupError> {
 /// Removes a temporary file and SQLite's companions of it.
 fn remove_temporary(tmp: &Path) {
     for suffix in ["", "-journal", "-wal", "-shm"] {
-        let mut p = tmp.as_os_str().to_owned();
-        p.push(suffix);
-        let _ = std::fs::remove_file(PathBuf::from(p));
+        let _ = std::fs::remove_file(with_suffix(tmp, suffix));
     }
 }
 
