@@ -91,6 +91,17 @@ pub fn render() -> Option<String> {
 /// The `Content-Type` of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// The answer of a `/metrics` route: [`render`]'s text, or 404 without a
+/// recorder of ours.
+#[must_use]
+pub fn response() -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    match render() {
+        Some(text) => ([(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+        None => crate::ApiError::not_found().into_response(),
+    }
+}
+
 fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",

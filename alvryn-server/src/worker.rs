@@ -21,8 +21,6 @@ use std::time::Duration;
 use alvryn_core::jobs::{ArchiveDrain, Job, PurgeExpired, RetryWebhookEvents, Worker};
 use alvryn_core::store::StoreBackend;
 use axum::Router;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse as _;
 use axum::routing::get;
 
 use crate::config::Config;
@@ -79,21 +77,8 @@ pub fn holder_id() -> String {
 /// The worker's own HTTP surface: `/healthz` and `/metrics`, nothing else.
 fn ops_router() -> Router {
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
-        )
-        .route(
-            "/metrics",
-            get(|| async {
-                match crate::prometheus::render() {
-                    Some(text) => {
-                        ([(CONTENT_TYPE, crate::prometheus::CONTENT_TYPE)], text).into_response()
-                    }
-                    None => crate::ApiError::not_found().into_response(),
-                }
-            }),
-        )
+        .route("/healthz", get(crate::routes::ops::healthz))
+        .route("/metrics", get(|| async { crate::prometheus::response() }))
         .fallback(|| async { crate::ApiError::not_found() })
 }
 

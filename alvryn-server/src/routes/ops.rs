@@ -11,8 +11,6 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use axum::http::header::CONTENT_TYPE;
-
 use crate::openapi::{ErrorBody, ErrorDetail};
 use crate::{ApiError, AppState};
 
@@ -38,7 +36,7 @@ pub(crate) struct Health {
 #[utoipa::path(get, path = "/healthz", tag = "ops", responses(
     (status = 200, description = "Up.", body = Health),
 ))]
-async fn healthz() -> Json<Health> {
+pub(crate) async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
@@ -120,8 +118,5 @@ async fn metrics(State(state): State<AppState>, headers: axum::http::HeaderMap) 
     if let Err(e) = state.cipher.publish_usage().await {
         tracing::warn!(error = %e, "could not read the field-key usage for /metrics");
     }
-    match crate::prometheus::render() {
-        Some(text) => ([(CONTENT_TYPE, crate::prometheus::CONTENT_TYPE)], text).into_response(),
-        None => ApiError::not_found().into_response(),
-    }
+    crate::prometheus::response()
 }
