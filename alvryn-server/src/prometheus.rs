@@ -119,9 +119,9 @@ fn method_label(method: &Method) -> &'static str {
 /// took, by method and `route` template (`unmatched` for none). The
 /// access log ([`crate::web`]), outermost around every route, calls it,
 /// so requests answered by the timeout and panic layers, and CORS
-/// preflights, are counted with their status. Two allocations: the
-/// route and the status are shared by the counter's and the histogram's
-/// labels, the method is static.
+/// preflights, are counted with their status. The route and status
+/// strings are made once and shared by the counter's and the
+/// histogram's labels; the method's is static.
 pub fn record(method: &Method, route: &str, status: StatusCode, took: Duration) {
     let labels = [
         Label::new("method", SharedString::const_str(method_label(method))),
