@@ -414,26 +414,25 @@ impl Parts {
 pub fn app(state: AppState) -> Router {
     let limits = state.config.limits;
     let config = Arc::clone(&state.config);
-    let limiter = Arc::clone(&state.limiter);
     prometheus::install();
-    let router = routes::router().with_state(state).layer(
-        tower::ServiceBuilder::new()
-            .layer(axum::error_handling::HandleErrorLayer::new(
-                |_: tower::BoxError| async {
-                    ApiError::new(
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        "timeout",
-                        "the request took too long; try again",
-                    )
-                },
-            ))
-            .timeout(limits.request_timeout)
-            .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-                limits.body_timeout,
-            ))
-            // For the rate-limit route layer (`ratelimit::by_client_ip`).
-            .layer(axum::Extension(limiter)),
-    );
+    let router = routes::router(Arc::clone(&state.limiter))
+        .with_state(state)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(axum::error_handling::HandleErrorLayer::new(
+                    |_: tower::BoxError| async {
+                        ApiError::new(
+                            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                            "timeout",
+                            "the request took too long; try again",
+                        )
+                    },
+                ))
+                .timeout(limits.request_timeout)
+                .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+                    limits.body_timeout,
+                )),
+        );
     web::layers(router, &config)
 }
 

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use alvryn_core::auth::{Clock, SystemClock, normalize_email};
 use alvryn_core::store::WindowCounters;
-use axum::extract::{ConnectInfo, MatchedPath, Request};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -630,18 +630,21 @@ impl RateLimiter {
     }
 }
 
-/// Middleware (a route layer of [`crate::routes::router`]): counts each
-/// request of a limited group by its client and answers 429 past the
-/// limit. The limiter comes from the request's extensions (an
-/// `Arc<RateLimiter>`, which [`crate::app`] inserts), the peer from
-/// [`ConnectInfo<SocketAddr>`] (which [`crate::serve_on`] inserts).
-pub async fn by_client_ip(req: Request, next: Next) -> Response {
+/// Middleware (a route layer of [`crate::routes::router`], which takes
+/// the limiter, so a router cannot be built without its limits): counts
+/// each request of a limited group by its client and answers 429 past
+/// the limit. The peer comes from [`ConnectInfo<SocketAddr>`] (which
+/// [`crate::serve_on`] inserts).
+pub async fn by_client_ip(
+    State(limiter): State<Arc<RateLimiter>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let group = req
         .extensions()
         .get::<MatchedPath>()
         .and_then(|p| Group::of_route(p.as_str()));
-    let limiter = req.extensions().get::<Arc<RateLimiter>>().cloned();
-    let (Some(group), Some(limiter)) = (group, limiter) else {
+    let Some(group) = group else {
         return next.run(req).await;
     };
     let peer = req

@@ -5,19 +5,22 @@ pub mod billing;
 pub mod oauth;
 pub mod ops;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::extract::MAX_BODY_BYTES;
+use crate::ratelimit::RateLimiter;
 use crate::{ApiError, AppState};
 
 /// Every route; unknown paths and methods answer JSON errors, bodies are
-/// capped, panics become a JSON 500, public routes are rate limited
-/// ([`crate::ratelimit`]). `GET /openapi.json` describes them all (see
-/// [`crate::openapi`]).
-pub fn router() -> Router<AppState> {
+/// capped, panics become a JSON 500, public routes are rate limited by
+/// `limiter` ([`crate::ratelimit`]). `GET /openapi.json` describes them
+/// all (see [`crate::openapi`]).
+pub fn router(limiter: Arc<RateLimiter>) -> Router<AppState> {
     let (routes, api) = utoipa_axum::router::OpenApiRouter::new()
         .merge(ops::router())
         .merge(auth::router())
@@ -47,7 +50,10 @@ pub fn router() -> Router<AppState> {
         })
         // Innermost, on matched routes only: a 429 still passes every
         // layer below (logging, headers, panics).
-        .route_layer(axum::middleware::from_fn(crate::ratelimit::by_client_ip))
+        .route_layer(axum::middleware::from_fn_with_state(
+            limiter,
+            crate::ratelimit::by_client_ip,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(head_limits))
         // Requests are logged by `crate::web` (one access line each, no
