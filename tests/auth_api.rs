@@ -353,7 +353,9 @@ fn reuse_of_a_retired_refresh_token_signs_the_session_out() {
         401
     );
     assert!(
-        api.server.log().contains("refresh token reused"),
+        api.server
+            .log_with(&["refresh token reused"])
+            .contains("refresh token reused"),
         "{}",
         api.server.log()
     );

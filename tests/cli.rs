@@ -54,8 +54,11 @@ fn restarts_reuse_the_generated_key_and_spend_no_encryptions() {
         let mut c = alvryn();
         c.env("ALVRYN_DATA_DIR", &data);
         let server = Server::start(c);
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        assert!(server.log().contains("reserved=0"), "{}", server.log());
+        assert!(
+            server.log_with(&["reserved=0"]).contains("reserved=0"),
+            "{}",
+            server.log()
+        );
         ids.push(key_id(&server.log()));
     }
     assert_eq!(

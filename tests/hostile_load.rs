@@ -241,7 +241,9 @@ fn connections_over_the_cap_are_refused() {
         "the server did not answer once the connections went"
     );
     assert!(
-        server.log().contains("the connection cap is reached"),
+        server
+            .log_with(&["the connection cap is reached"])
+            .contains("the connection cap is reached"),
         "{}",
         server.log()
     );

@@ -207,9 +207,9 @@ async fn keys_generate_then_serve_with_the_wrapped_key() {
         .env("FIELD_ENCRYPTION_KMS_KEY_ID", &kms_key);
     let server = Server::start(c);
     assert_eq!(server.request("GET", "/healthz", None).0, 200);
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    let expected = format!("key_id={expected_id}");
     assert!(
-        server.log().contains(&format!("key_id={expected_id}")),
+        server.log_with(&[&expected]).contains(&expected),
         "{}",
         server.log()
     );

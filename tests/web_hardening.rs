@@ -110,20 +110,6 @@ fn is_uuid(id: &str) -> bool {
             .all(|p| p.bytes().all(|c| c.is_ascii_hexdigit()))
 }
 
-/// The server's log once it contains every one of `needles` (the log is
-/// read from its stderr by another thread, a moment behind), or as it is
-/// after 10 s.
-fn log_with(server: &Server, needles: &[&str]) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let log = server.log();
-        if needles.iter().all(|n| log.contains(n)) || std::time::Instant::now() > deadline {
-            return log;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 fn tokens(r: &Response) -> (String, String) {
     let v = r.json();
     (
@@ -792,7 +778,7 @@ fn request_ids_are_echoed_when_sane_replaced_when_not_and_name_every_log_line() 
     let r = raw_request(a, "GET", "/readyz", &[("X-Request-Id", sane)], b"");
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(request_id("readyz", &r), sane);
-    let log = log_with(&server, &["route=/readyz"]);
+    let log = server.log_with(&["route=/readyz"]);
     let lines: Vec<&str> = log.lines().filter(|l| l.contains(sane)).collect();
     assert!(
         lines.iter().any(|l| l.contains("readiness check failed")),
@@ -845,7 +831,7 @@ fn request_ids_are_echoed_when_sane_replaced_when_not_and_name_every_log_line() 
         .iter()
         .map(|id| format!("request_id={id}"))
         .collect();
-    let log = log_with(&server, &ids.iter().map(String::as_str).collect::<Vec<_>>());
+    let log = server.log_with(&ids.iter().map(String::as_str).collect::<Vec<_>>());
     for bad in [
         long.as_str(),
         "%0d%0a",
@@ -948,7 +934,7 @@ fn json_logs_are_one_object_a_line_with_route_templates_and_no_secrets() {
     assert_eq!(r.status, 204, "{}", r.body);
 
     // Let the last access line reach the log, then read it all.
-    let log = log_with(&server, &["\"route\":\"/auth/logout\""]);
+    let log = server.log_with(&["\"route\":\"/auth/logout\""]);
     let lines: Vec<Value> = log
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -1064,7 +1050,9 @@ fn assert_not_ready_for_s3(server: &Server, what: &str) {
         assert!(!r.body.contains(inner), "{what}: {inner} in {}", r.body);
     }
     assert!(
-        log_with(server, &["readiness check failed"]).contains("readiness check failed"),
+        server
+            .log_with(&["readiness check failed"])
+            .contains("readiness check failed"),
         "{what}: {}",
         server.log()
     );

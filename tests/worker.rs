@@ -225,12 +225,16 @@ fn two_workers_upload_each_fallback_event_once_and_one_finishes_after_the_other_
     let dir = tempfile::tempdir().unwrap();
     let events = pending_events(dir.path(), &script, &bucket, 6);
 
-    // Two workers on the one store; one run moves all six, slowly, and
-    // a lease outlives its holder by at most 3 s.
+    // Two workers on the one store; one run moves all six, slowly (the
+    // test must see one upload and kill the holder before the last), and
+    // a lease outlives its holder by at most 10 s. Both are generous: on
+    // a loaded machine a renewal (a synced write, every third of the
+    // TTL) can be late by seconds, and a lease lost that way would end
+    // the run early.
     let settings = [
         ("ALVRYN_WORKER_ARCHIVE_BATCH", "6"),
-        ("ALVRYN_WORKER_UPLOAD_PAUSE_MS", "700"),
-        ("ALVRYN_WORKER_LEASE_TTL_SECONDS", "3"),
+        ("ALVRYN_WORKER_UPLOAD_PAUSE_MS", "2000"),
+        ("ALVRYN_WORKER_LEASE_TTL_SECONDS", "10"),
     ];
     let mut workers = vec![
         start_worker(cmd(dir.path(), &moto, &bucket, &settings)),
@@ -334,9 +338,11 @@ fn sigterm_lets_the_job_in_progress_finish_then_exits_0() {
         &moto,
         &bucket,
         &[
+            // As above: room to signal mid-run, and renewals that may
+            // be late by seconds without losing the lease.
             ("ALVRYN_WORKER_ARCHIVE_BATCH", "4"),
-            ("ALVRYN_WORKER_UPLOAD_PAUSE_MS", "700"),
-            ("ALVRYN_WORKER_LEASE_TTL_SECONDS", "3"),
+            ("ALVRYN_WORKER_UPLOAD_PAUSE_MS", "2000"),
+            ("ALVRYN_WORKER_LEASE_TTL_SECONDS", "10"),
         ],
     ));
     wait_for(30, "the first upload", || {

@@ -125,6 +125,17 @@ impl Server {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log once it holds every one of `needles`, or as it is after
+    /// 10 s: a line is read from the server's output by another thread,
+    /// so it may land a little after the answer that follows it.
+    pub fn log_with(&self, needles: &[&str]) -> String {
+        eventually(10, || {
+            let log = self.log();
+            needles.iter().all(|n| log.contains(n)).then_some(log)
+        })
+        .unwrap_or_else(|| self.log())
+    }
+
     /// One HTTP/1.1 request over a fresh connection; returns status and body.
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         http(self.addr, method, path, body)

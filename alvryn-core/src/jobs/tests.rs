@@ -28,6 +28,31 @@ impl Clock for ManualClock {
     }
 }
 
+/// A clock that follows tokio's timers, starting at the real time. In
+/// a test whose runtime starts paused, time moves only when every task
+/// waits on a timer, so a lease renewal is never late however loaded
+/// the machine is.
+struct TokioClock {
+    base_ms: i64,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            base_ms: SystemClock.now_ms(),
+            start: tokio::time::Instant::now(),
+        })
+    }
+}
+
+impl Clock for TokioClock {
+    fn now_ms(&self) -> i64 {
+        let elapsed = i64::try_from(self.start.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.base_ms.saturating_add(elapsed)
+    }
+}
+
 /// Sleeps for `took` (or until told to stop), counting its runs.
 struct Sleepy {
     name: &'static str,
@@ -107,12 +132,19 @@ async fn a_run_takes_the_lease_and_releases_it_after() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_held_lease_keeps_other_workers_out_and_a_long_run_keeps_it() {
     let store = leases();
+    let clock = TokioClock::new();
     // A run three times as long as the lease lasts unrenewed.
-    let a = Arc::new(Worker::new(store.clone(), "a").lease_ttl(Duration::from_secs(2)));
-    let b = Worker::new(store.clone(), "b").lease_ttl(Duration::from_secs(2));
+    let a = Arc::new(
+        Worker::new(store.clone(), "a")
+            .lease_ttl(Duration::from_secs(2))
+            .with_clock(clock.clone()),
+    );
+    let b = Worker::new(store.clone(), "b")
+        .lease_ttl(Duration::from_secs(2))
+        .with_clock(clock);
     let job = Sleepy::new("long", Duration::from_millis(6200));
     let running = {
         let (a, job) = (Arc::clone(&a), Arc::clone(&job));
@@ -204,12 +236,13 @@ async fn a_failed_run_releases_its_lease() {
     ));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn shutdown_lets_the_run_in_progress_finish_and_release() {
     let store = leases();
     let job = Sleepy::new("finishing", Duration::from_millis(600));
     let worker = Worker::new(store.clone(), "w")
         .lease_ttl(Duration::from_secs(1))
+        .with_clock(TokioClock::new())
         .job(job.clone());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let running = tokio::spawn(worker.run(async move {
