@@ -75,6 +75,11 @@ fn smoke_passes_against_a_fresh(mut c: Command) {
     let dir = tempfile::tempdir().unwrap();
     c.env("ALVRYN_DATA_DIR", dir.path());
     let server = Server::start(c);
+    // As a deploy does: smoke once the server says it is ready (its first
+    // checks may outlast their bound on a loaded machine).
+    support::eventually(20, || {
+        (support::raw_request(server.addr, "GET", "/readyz", &[], b"").status == 200).then_some(())
+    });
     let out = smoke(&format!("http://{}", server.addr), &[]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     for step in ["health", "signup", "login", "me", "refresh", "logout"] {
