@@ -31,6 +31,9 @@ fn clear_of_window_end() {
 fn server(data: &Path, env: &[(&str, &str)]) -> Server {
     let mut c = alvryn();
     c.env("ALVRYN_DATA_DIR", data);
+    // Every hit counted: a synced write slower than the default bound
+    // (a loaded machine) would let its request through uncounted.
+    c.env("ALVRYN_RATE_LIMIT_STORE_TIMEOUT", "30s");
     for (k, v) in env {
         c.env(k, v);
     }

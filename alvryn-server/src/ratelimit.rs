@@ -17,7 +17,9 @@
 //! holds the email the counter is for.
 //!
 //! Failure modes:
-//! - **the store fails or takes longer than [`STORE_TIMEOUT`]**: the
+//! - **the store fails or takes longer than its bound**
+//!   ([`RateLimitSettings::store_timeout`], [`DEFAULT_STORE_TIMEOUT`]
+//!   unless `ALVRYN_RATE_LIMIT_STORE_TIMEOUT` says otherwise): the
 //!   request goes through unlimited (fail open), a warning is logged at
 //!   most once a minute with the number of checks skipped, and
 //!   [`RateLimiter::store_failures`] counts them. A store that is down
@@ -49,8 +51,14 @@ use sha2::{Digest, Sha256};
 use crate::ApiError;
 
 /// How long a counter update may take before the request goes through
-/// unlimited.
-pub const STORE_TIMEOUT: Duration = Duration::from_secs(1);
+/// unlimited, unless configured ([`RateLimitSettings::store_timeout`]).
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The range `ALVRYN_RATE_LIMIT_STORE_TIMEOUT` accepts: long enough for
+/// one counter update, short enough that a slow store cannot hold a
+/// request for long.
+pub const STORE_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(50)..=Duration::from_secs(30);
 
 /// The most `X-Forwarded-For` entries looked at, from the right; a
 /// longer chain of trusted proxies is counted as its last one looked at.
@@ -301,6 +309,9 @@ impl TrustedProxies {
 pub struct RateLimitSettings {
     /// Whose `X-Forwarded-For` is believed.
     pub trusted_proxies: TrustedProxies,
+    /// How long a counter update may take before the request goes
+    /// through unlimited ([`DEFAULT_STORE_TIMEOUT`] unless set).
+    pub store_timeout: Duration,
     limits: [Option<Limit>; Group::ALL.len()],
 }
 
@@ -308,6 +319,7 @@ impl Default for RateLimitSettings {
     fn default() -> Self {
         Self {
             trusted_proxies: TrustedProxies::default(),
+            store_timeout: DEFAULT_STORE_TIMEOUT,
             limits: Group::ALL.map(Group::default_limit),
         }
     }
@@ -549,7 +561,7 @@ impl RateLimiter {
         let key = format!("rl:{}:{subject}", group.name());
         let now_ms = self.clock.now_ms();
         let counted = tokio::time::timeout(
-            STORE_TIMEOUT,
+            self.settings.store_timeout,
             self.counters.hit(&key, limit.window_ms(), now_ms),
         )
         .await;

@@ -15,6 +15,7 @@
 //! | `CORS_ORIGINS` | comma-separated browser origins allowed besides `FRONTEND_URL`'s, e.g. `https://admin.example.com` |
 //! | `ALVRYN_SESSION_MAX_AGE` | a session's absolute lifetime from login, seconds or like `90d`; default 90 days, 0 for none |
 //! | `ALVRYN_TRUSTED_PROXIES` | comma-separated address ranges whose `X-Forwarded-For` is believed; default none |
+//! | `ALVRYN_RATE_LIMIT_STORE_TIMEOUT` | how long a rate-limit counter update may take before the request goes through unlimited: seconds or like `250ms`, 50 ms to 30 s; default 1 s |
 //! | `ALVRYN_RATE_LIMIT_{SIGNUP,LOGIN,LOGIN_ACCOUNT,REFRESH,OAUTH,BILLING,WEBHOOK}` | each group's limit, `REQUESTS/WINDOW` like `30/5m`, or `off`; see [`crate::ratelimit`] |
 //! | `BACKEND_URL`, `FRONTEND_URL` | public URLs of this server and of the web app |
 //! | `STRIPE_SECRET_KEY`, `STRIPE_WEBHOOK_SECRET` | Stripe API key (`sk_`/`rk_`) and webhook signing secret (`whsec_`) |
@@ -611,10 +612,23 @@ impl Reader<'_> {
         limits
     }
 
-    /// `ALVRYN_TRUSTED_PROXIES` and each group's `ALVRYN_RATE_LIMIT_*`.
+    /// `ALVRYN_TRUSTED_PROXIES`, each group's `ALVRYN_RATE_LIMIT_*` and
+    /// `ALVRYN_RATE_LIMIT_STORE_TIMEOUT`.
     fn rate_limits(&mut self) -> RateLimitSettings {
         const PROXIES: &str = "ALVRYN_TRUSTED_PROXIES";
+        const STORE_TIMEOUT: &str = "ALVRYN_RATE_LIMIT_STORE_TIMEOUT";
         let mut settings = RateLimitSettings::default();
+        if let Some(text) = self.text(STORE_TIMEOUT) {
+            match seconds_or_duration(&text) {
+                Some(d) if crate::ratelimit::STORE_TIMEOUT_RANGE.contains(&d) => {
+                    settings.store_timeout = d;
+                }
+                _ => self.problem(
+                    STORE_TIMEOUT,
+                    "must be from 50ms to 30s, in seconds or like 250ms",
+                ),
+            }
+        }
         if let Some(list) = self.text(PROXIES) {
             match TrustedProxies::parse(&list) {
                 Ok(t) => settings.trusted_proxies = t,

@@ -486,6 +486,31 @@ fn session_max_age_defaults_to_90_days_and_parses_durations() {
 }
 
 #[test]
+fn the_rate_limit_store_timeout_defaults_to_a_second_and_is_bounded() {
+    let with = |v: Option<&str>| {
+        let env: HashMap<&'static str, String> = v
+            .map(|v| ("ALVRYN_RATE_LIMIT_STORE_TIMEOUT", v.to_owned()))
+            .into_iter()
+            .collect();
+        load(&env).map(|c| c.rate_limits.store_timeout)
+    };
+    let ms = std::time::Duration::from_millis;
+    assert_eq!(with(None).unwrap(), ms(1000));
+    assert_eq!(with(Some("250ms")).unwrap(), ms(250));
+    assert_eq!(with(Some(" 5 ")).unwrap(), ms(5000));
+    assert_eq!(with(Some("30s")).unwrap(), ms(30_000));
+    for bad in ["0", "10ms", "31s", "1h", "-1", "soon"] {
+        let err = with(Some(bad)).unwrap_err();
+        assert!(
+            err.problems
+                .iter()
+                .any(|p| p.var == "ALVRYN_RATE_LIMIT_STORE_TIMEOUT"),
+            "{bad:?}: {err}"
+        );
+    }
+}
+
+#[test]
 fn cors_origins_are_normalised_and_the_frontend_comes_first() {
     let mut env = production();
     env.insert(

@@ -442,6 +442,40 @@ async fn a_store_that_does_not_answer_lets_requests_through_after_the_timeout() 
     assert_eq!(l.store_failures(), 1);
 }
 
+/// Answers as a memory store does, two seconds late.
+struct Slow(MemoryStore);
+
+#[async_trait::async_trait]
+impl WindowCounters for Slow {
+    async fn hit(&self, key: &str, window_ms: i64, now_ms: i64) -> Result<WindowCount, StoreError> {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        self.0.hit(key, window_ms, now_ms).await
+    }
+}
+
+/// The bound is the setting's: a 2 s answer is too slow for the default
+/// second, in time for a bound of 5 s.
+#[tokio::test(start_paused = true)]
+async fn the_store_timeout_is_the_configured_one() {
+    let (default, _) = limiter(Arc::new(Slow(MemoryStore::new())), Group::Refresh, "3/1m");
+    assert_eq!(default.settings().store_timeout, DEFAULT_STORE_TIMEOUT);
+    assert_eq!(
+        default.hit(Group::Refresh, "203.0.113.5").await,
+        Verdict::Unlimited
+    );
+    assert_eq!(default.store_failures(), 1);
+
+    let mut settings = RateLimitSettings::default();
+    settings.set(Group::Refresh, Limit::parse("3/1m").unwrap());
+    settings.store_timeout = Duration::from_secs(5);
+    let patient = RateLimiter::new(Arc::new(Slow(MemoryStore::new())), settings);
+    assert!(matches!(
+        patient.hit(Group::Refresh, "203.0.113.5").await,
+        Verdict::Allowed(Quota { remaining: 2, .. })
+    ));
+    assert_eq!(patient.store_failures(), 0);
+}
+
 #[test]
 fn a_refusal_is_429_with_retry_after_and_the_ratelimit_headers() {
     let q = Quota {
