@@ -50,6 +50,15 @@ use sha2::{Digest, Sha256};
 
 use crate::ApiError;
 
+/// `RateLimit-Limit`: the requests a window allows.
+pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+/// `RateLimit-Remaining`: the requests left in the window.
+pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+/// `RateLimit-Reset`: whole seconds until the window ends.
+pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+/// Where proxies name the client ([`client_ip`]).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 /// How long a counter update may take before the request goes through
 /// unlimited, unless configured ([`RateLimitSettings::store_timeout`]).
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -381,11 +390,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) ->
     }
     let mut last_trusted = peer;
     let mut hops = 0;
-    for value in headers
-        .get_all(HeaderName::from_static("x-forwarded-for"))
-        .iter()
-        .rev()
-    {
+    for value in headers.get_all(X_FORWARDED_FOR).iter().rev() {
         let Ok(value) = value.to_str() else {
             return last_trusted;
         };
@@ -447,19 +452,12 @@ impl Quota {
     /// `RateLimit-Reset`, unless a response already has them (the
     /// per-account login limit's refusal carries its own).
     pub fn add_headers(&self, headers: &mut HeaderMap) {
-        let limit = HeaderName::from_static("ratelimit-limit");
-        if headers.contains_key(&limit) {
+        if headers.contains_key(RATELIMIT_LIMIT) {
             return;
         }
-        headers.insert(limit, HeaderValue::from(self.limit));
-        headers.insert(
-            HeaderName::from_static("ratelimit-remaining"),
-            HeaderValue::from(self.remaining),
-        );
-        headers.insert(
-            HeaderName::from_static("ratelimit-reset"),
-            HeaderValue::from(self.reset_secs),
-        );
+        headers.insert(RATELIMIT_LIMIT, HeaderValue::from(self.limit));
+        headers.insert(RATELIMIT_REMAINING, HeaderValue::from(self.remaining));
+        headers.insert(RATELIMIT_RESET, HeaderValue::from(self.reset_secs));
     }
 
     /// The 429 answer: `rate_limited`, `Retry-After` and the

@@ -150,10 +150,10 @@ fn cors(config: &Config) -> CorsLayer {
         .expose_headers([
             HeaderName::from_static(REQUEST_ID),
             axum::http::header::RETRY_AFTER,
-            // The rate limits' budget (`crate::ratelimit`).
-            HeaderName::from_static("ratelimit-limit"),
-            HeaderName::from_static("ratelimit-remaining"),
-            HeaderName::from_static("ratelimit-reset"),
+            // The rate limits' budget.
+            crate::ratelimit::RATELIMIT_LIMIT,
+            crate::ratelimit::RATELIMIT_REMAINING,
+            crate::ratelimit::RATELIMIT_RESET,
         ])
         .max_age(CORS_MAX_AGE)
 }
