@@ -342,11 +342,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
                 MigrateCommand::Rewrap(a) => (crate::migrate::Migration::Rewrap, a),
             };
-            let overrides = Overrides {
-                bind: None,
-                data_dir: Some(args.data_dir),
-            };
-            let config = match load_config(&overrides) {
+            let config = match load_config(args.data_dir) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -358,17 +354,11 @@ pub async fn run(cli: Cli) -> ExitCode {
             crate::migrate::run(config, migration, options).await
         }
         Command::Events(command) => events(command).await,
-        Command::Backup(args) => match load_config(&Overrides {
-            bind: None,
-            data_dir: Some(args.data_dir),
-        }) {
+        Command::Backup(args) => match load_config(args.data_dir) {
             Ok(config) => crate::backup::backup(config, args.output).await,
             Err(code) => code,
         },
-        Command::Restore(args) => match load_config(&Overrides {
-            bind: None,
-            data_dir: Some(args.data_dir),
-        }) {
+        Command::Restore(args) => match load_config(args.data_dir) {
             Ok(config) => crate::backup::restore(config, args.file, args.force).await,
             Err(code) => code,
         },
@@ -378,10 +368,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 async fn worker(args: WorkerArgs) -> ExitCode {
-    let config = match load_config(&Overrides {
-        bind: None,
-        data_dir: Some(args.data_dir),
-    }) {
+    let config = match load_config(args.data_dir) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -422,10 +409,7 @@ async fn events(command: EventsCommand) -> ExitCode {
             data_dir.clone()
         }
     };
-    let config = match load_config(&Overrides {
-        bind: None,
-        data_dir: Some(data_dir),
-    }) {
+    let config = match load_config(data_dir) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -458,8 +442,14 @@ async fn events(command: EventsCommand) -> ExitCode {
     }
 }
 
-fn load_config(overrides: &Overrides) -> Result<Config, ExitCode> {
-    Config::from_env(overrides).map_err(|e| {
+/// The configuration of a command that serves nothing, with its data
+/// folder; a problem is printed and becomes the exit code.
+fn load_config(data_dir: PathBuf) -> Result<Config, ExitCode> {
+    let overrides = Overrides {
+        bind: None,
+        data_dir: Some(data_dir),
+    };
+    Config::from_env(&overrides).map_err(|e| {
         eprint!("alvryn: {e}");
         ExitCode::from(EXIT_CONFIG)
     })
@@ -527,11 +517,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
 }
 
 async fn config_check(data_dir: PathBuf, offline: bool) -> ExitCode {
-    let overrides = Overrides {
-        bind: None,
-        data_dir: Some(data_dir),
-    };
-    let config = match load_config(&overrides) {
+    let config = match load_config(data_dir) {
         Ok(c) => c,
         Err(code) => return code,
     };
