@@ -72,23 +72,31 @@ pub async fn archive(
     stripe: &StripeConfig,
     store: &Arc<dyn StoreBackend>,
 ) -> Arc<dyn EventArchive> {
-    archive_with(config, stripe, store, s3_client_for(config).await)
+    let client = s3_client_for(config).await;
+    archive_over(store, s3_archive(config, stripe, client.as_ref()))
 }
 
-/// As [`archive`], over a given S3 client (used only with
-/// `STRIPE_EVENT_S3_BUCKET`; with `None` raw events stay in the database).
-pub fn archive_with(
+/// The S3 archive of raw events ([`bounded_s3`]) over `client`, when the
+/// configuration names a bucket (`STRIPE_EVENT_S3_BUCKET`) and there is
+/// a client; else `None`.
+pub fn s3_archive(
     config: &Config,
     stripe: &StripeConfig,
+    client: Option<&aws_sdk_s3::Client>,
+) -> Option<Arc<dyn EventArchive>> {
+    let bucket = config.stripe_event_bucket.as_deref()?;
+    Some(bounded_s3(client?.clone(), bucket, stripe))
+}
+
+/// `s3` falling back to the database in `store`; without `s3`, the
+/// database alone.
+pub fn archive_over(
     store: &Arc<dyn StoreBackend>,
-    client: Option<aws_sdk_s3::Client>,
+    s3: Option<Arc<dyn EventArchive>>,
 ) -> Arc<dyn EventArchive> {
-    match (&config.stripe_event_bucket, client) {
-        (None, _) | (Some(_), None) => Arc::new(DatabaseArchive::new(Arc::clone(store))),
-        (Some(bucket), Some(client)) => Arc::new(FallbackArchive::new(
-            bounded_s3(client, bucket, stripe),
-            Arc::clone(store),
-        )),
+    match s3 {
+        Some(s3) => Arc::new(FallbackArchive::new(s3, Arc::clone(store))),
+        None => Arc::new(DatabaseArchive::new(Arc::clone(store))),
     }
 }
 

@@ -255,7 +255,10 @@ impl AppState {
         if let Some(stripe) = &parts.config.stripe {
             let client = billing::stripe_client(stripe).map_err(StartupError::Stripe)?;
             let s3 = billing::s3_client_for(&parts.config).await;
-            let archive = billing::archive_with(&parts.config, stripe, &parts.store, s3.clone());
+            let archive = billing::archive_over(
+                &parts.store,
+                billing::s3_archive(&parts.config, stripe, s3.as_ref()),
+            );
             parts = parts.with_billing(client, archive);
             if let Some(s3) = s3 {
                 parts = parts.with_s3(s3);

@@ -36,11 +36,12 @@ pub async fn jobs(
 ) -> Result<Vec<Arc<dyn Job>>, StartupError> {
     let mut jobs: Vec<Arc<dyn Job>> = Vec::new();
     if let Some(stripe) = &config.stripe {
-        let s3 = billing::s3_client_for(config).await;
-        if let (Some(bucket), Some(client)) = (&config.stripe_event_bucket, &s3) {
-            let s3 = billing::bounded_s3(client.clone(), bucket, stripe);
+        let client = billing::s3_client_for(config).await;
+        // One bounded S3 archive: the drain's, and the retries' fallback.
+        let s3 = billing::s3_archive(config, stripe, client.as_ref());
+        if let Some(s3) = &s3 {
             jobs.push(Arc::new(
-                ArchiveDrain::new(Arc::clone(store) as _, s3)
+                ArchiveDrain::new(Arc::clone(store) as _, Arc::clone(s3))
                     .batch(config.worker.archive_batch)
                     .pause(config.worker.upload_pause),
             ));
@@ -50,7 +51,7 @@ pub async fn jobs(
             );
         }
         let client = billing::stripe_client(stripe).map_err(StartupError::Stripe)?;
-        let archive = billing::archive_with(config, stripe, store, s3);
+        let archive = billing::archive_over(store, s3);
         let pipeline = billing::pipeline(stripe, Arc::clone(store), client, archive);
         jobs.push(Arc::new(RetryWebhookEvents::new(Arc::new(pipeline))));
     }
