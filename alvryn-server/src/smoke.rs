@@ -177,6 +177,32 @@ fn tokens(a: &Answer) -> Option<Tokens> {
     })
 }
 
+/// Reports `step`, whose `answer` must have `status` and a token pair
+/// that `fresh` accepts; returns the pair when it passed.
+fn token_step(
+    report: &mut Report,
+    step: &str,
+    started: Instant,
+    answer: Result<Answer, String>,
+    status: u16,
+    fresh: impl FnOnce(&Tokens) -> bool,
+) -> Option<Tokens> {
+    let outcome = match answer {
+        Ok(a) if a.status == status => match tokens(&a) {
+            Some(pair) if fresh(&pair) => {
+                report.line(step, started, Outcome::Pass(None));
+                return Some(pair);
+            }
+            Some(_) => Outcome::Fail(format!("{status} without a new token pair")),
+            None => Outcome::Fail(format!("{status} without tokens")),
+        },
+        Ok(a) => Outcome::Fail(a.describe()),
+        Err(why) => Outcome::Fail(why),
+    };
+    report.line(step, started, outcome);
+    None
+}
+
 /// The tally, printed as it goes.
 #[derive(Default)]
 struct Report {
@@ -304,36 +330,13 @@ async fn steps(client: &Client, secret: Option<&SecretString>, report: &mut Repo
     let credentials = json!({"email": email, "password": password.expose()});
 
     let t = Instant::now();
-    let signed_up = match client.post("auth/signup", &credentials).await {
-        Ok(a) if a.status == 201 && tokens(&a).is_some() => {
-            report.line("signup", t, Outcome::Pass(None))
-        }
-        Ok(a) => report.line("signup", t, Outcome::Fail(a.describe())),
-        Err(why) => report.line("signup", t, Outcome::Fail(why)),
-    };
+    let answer = client.post("auth/signup", &credentials).await;
+    let signed_up = token_step(report, "signup", t, answer, 201, |_| true).is_some();
 
     let t = Instant::now();
     let login = if signed_up {
-        match client.post("auth/login", &credentials).await {
-            Ok(a) if a.status == 200 => match tokens(&a) {
-                Some(tokens) => {
-                    report.line("login", t, Outcome::Pass(None));
-                    Some(tokens)
-                }
-                None => {
-                    report.line("login", t, Outcome::Fail("200 without tokens".into()));
-                    None
-                }
-            },
-            Ok(a) => {
-                report.line("login", t, Outcome::Fail(a.describe()));
-                None
-            }
-            Err(why) => {
-                report.line("login", t, Outcome::Fail(why));
-                None
-            }
-        }
+        let answer = client.post("auth/login", &credentials).await;
+        token_step(report, "login", t, answer, 200, |_| true)
     } else {
         report.line("login", t, Outcome::Skip("needs signup".into()));
         None
@@ -361,30 +364,11 @@ async fn steps(client: &Client, secret: Option<&SecretString>, report: &mut Repo
     let refreshed = match &login {
         Some(tokens) => {
             let body = json!({"refresh_token": tokens.refresh.expose()});
-            match client.post("auth/refresh", &body).await {
-                Ok(a) if a.status == 200 => match self::tokens(&a) {
-                    Some(next) if next.refresh != tokens.refresh => {
-                        report.line("refresh", t, Outcome::Pass(None));
-                        Some(next)
-                    }
-                    _ => {
-                        report.line(
-                            "refresh",
-                            t,
-                            Outcome::Fail("200 without a new token pair".into()),
-                        );
-                        None
-                    }
-                },
-                Ok(a) => {
-                    report.line("refresh", t, Outcome::Fail(a.describe()));
-                    None
-                }
-                Err(why) => {
-                    report.line("refresh", t, Outcome::Fail(why));
-                    None
-                }
-            }
+            let answer = client.post("auth/refresh", &body).await;
+            // A refresh rotates: the pair must be a new one.
+            token_step(report, "refresh", t, answer, 200, |next| {
+                next.refresh != tokens.refresh
+            })
         }
         None => {
             report.line("refresh", t, Outcome::Skip("needs login".into()));
@@ -455,20 +439,8 @@ fn test_event(email: &str) -> Vec<u8> {
 }
 
 async fn webhook(client: &Client, secret: &SecretString, email: &str, report: &mut Report) {
-    use alvryn_core::billing::webhook::sign;
-
     let t = Instant::now();
-    let body = test_event(email);
-    let header = sign(&body, secret, unix_now());
-    let outcome = match client
-        .call(
-            reqwest::Method::POST,
-            "webhooks/stripe",
-            Some(body),
-            &[("stripe-signature", header)],
-        )
-        .await
-    {
+    let outcome = match deliver(client, email, secret).await {
         Ok(a) if a.status == 200 => Outcome::Pass(a.str("outcome")),
         Ok(a) => Outcome::Fail(a.describe()),
         Err(why) => Outcome::Fail(why),
@@ -477,18 +449,8 @@ async fn webhook(client: &Client, secret: &SecretString, email: &str, report: &m
 
     // The same kind of delivery, signed with another secret: refused.
     let t = Instant::now();
-    let body = test_event(email);
     let forged = SecretString::new(format!("whsec_{}", random_hex(16)));
-    let header = sign(&body, &forged, unix_now());
-    let outcome = match client
-        .call(
-            reqwest::Method::POST,
-            "webhooks/stripe",
-            Some(body),
-            &[("stripe-signature", header)],
-        )
-        .await
-    {
+    let outcome = match deliver(client, email, &forged).await {
         Ok(a) if a.status == 400 && a.body["error"]["code"] == "invalid_signature" => {
             Outcome::Pass(Some("refused".into()))
         }
@@ -496,4 +458,18 @@ async fn webhook(client: &Client, secret: &SecretString, email: &str, report: &m
         Err(why) => Outcome::Fail(why),
     };
     report.line("webhook-forgery", t, outcome);
+}
+
+/// Delivers a new [`test_event`] signed with `secret`, now.
+async fn deliver(client: &Client, email: &str, secret: &SecretString) -> Result<Answer, String> {
+    let body = test_event(email);
+    let header = alvryn_core::billing::webhook::sign(&body, secret, unix_now());
+    client
+        .call(
+            reqwest::Method::POST,
+            "webhooks/stripe",
+            Some(body),
+            &[("stripe-signature", header)],
+        )
+        .await
 }
