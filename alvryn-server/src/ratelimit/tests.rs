@@ -275,6 +275,7 @@ fn routes_belong_to_their_groups_and_health_checks_to_none() {
         ("/webhooks/stripe", Some(Group::Webhook)),
         ("/healthz", None),
         ("/readyz", None),
+        ("/metrics", None),
         ("/auth/me", None),
         ("/auth/sessions", None),
         ("/auth/sessions/{id}", None),
@@ -283,6 +284,17 @@ fn routes_belong_to_their_groups_and_health_checks_to_none() {
     ];
     for (path, group) in cases {
         assert_eq!(Group::of_route(path), group, "{path}");
+    }
+    // Every route the API serves is among them: a new route has to say
+    // whether it is limited, and which group's budget it spends.
+    let (_, api) = crate::routes::documented().split_for_parts();
+    let served: Vec<&String> = api.paths.paths.keys().collect();
+    assert!(served.len() >= cases.len(), "{served:?}");
+    for path in served {
+        assert!(
+            cases.iter().any(|(p, _)| p == path),
+            "{path} is served but not classified here"
+        );
     }
     // Every group has its own slot, variable and counter name.
     for (i, g) in Group::ALL.iter().enumerate() {

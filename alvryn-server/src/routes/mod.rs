@@ -21,12 +21,7 @@ use crate::{ApiError, AppState};
 /// `limiter` ([`crate::ratelimit`]). `GET /openapi.json` describes them
 /// all (see [`crate::openapi`]).
 pub fn router(limiter: Arc<RateLimiter>) -> Router<AppState> {
-    let (routes, api) = utoipa_axum::router::OpenApiRouter::new()
-        .merge(ops::router())
-        .merge(auth::router())
-        .merge(oauth::router())
-        .merge(billing::router())
-        .split_for_parts();
+    let (routes, api) = documented().split_for_parts();
     let document = axum::body::Bytes::from(
         serde_json::to_vec(&crate::openapi::document(api)).unwrap_or_default(),
     );
@@ -67,6 +62,15 @@ pub fn router(limiter: Arc<RateLimiter>) -> Router<AppState> {
                 "internal error",
             ))
         }))
+}
+
+/// Every route of the API, each with its OpenAPI description.
+pub(crate) fn documented() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .merge(ops::router())
+        .merge(auth::router())
+        .merge(oauth::router())
+        .merge(billing::router())
 }
 
 /// The longest request target (path and query) accepted, in bytes; 414
