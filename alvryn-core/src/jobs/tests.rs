@@ -113,6 +113,21 @@ fn leases() -> Arc<MemoryStore> {
     Arc::new(MemoryStore::new())
 }
 
+/// Workers `a` (shared, to run in a task) and `b` on `store`, with
+/// leases of `ttl` on `clock`.
+fn workers_a_and_b(
+    store: &Arc<MemoryStore>,
+    ttl: Duration,
+    clock: Arc<dyn Clock>,
+) -> (Arc<Worker>, Worker) {
+    let worker = |name: &str| {
+        Worker::new(store.clone(), name)
+            .lease_ttl(ttl)
+            .with_clock(Arc::clone(&clock))
+    };
+    (Arc::new(worker("a")), worker("b"))
+}
+
 #[tokio::test]
 async fn a_run_takes_the_lease_and_releases_it_after() {
     let store = leases();
@@ -135,16 +150,8 @@ async fn a_run_takes_the_lease_and_releases_it_after() {
 #[tokio::test(start_paused = true)]
 async fn a_held_lease_keeps_other_workers_out_and_a_long_run_keeps_it() {
     let store = leases();
-    let clock = TokioClock::new();
     // A run three times as long as the lease lasts unrenewed.
-    let a = Arc::new(
-        Worker::new(store.clone(), "a")
-            .lease_ttl(Duration::from_secs(2))
-            .with_clock(clock.clone()),
-    );
-    let b = Worker::new(store.clone(), "b")
-        .lease_ttl(Duration::from_secs(2))
-        .with_clock(clock);
+    let (a, b) = workers_a_and_b(&store, Duration::from_secs(2), TokioClock::new());
     let job = Sleepy::new("long", Duration::from_millis(6200));
     let running = {
         let (a, job) = (Arc::clone(&a), Arc::clone(&job));
@@ -176,14 +183,7 @@ async fn a_held_lease_keeps_other_workers_out_and_a_long_run_keeps_it() {
 async fn a_lease_taken_over_tells_the_stalled_job_to_stop() {
     let store = leases();
     let clock = ManualClock::new();
-    let a = Arc::new(
-        Worker::new(store.clone(), "a")
-            .lease_ttl(Duration::from_secs(3))
-            .with_clock(clock.clone()),
-    );
-    let b = Worker::new(store.clone(), "b")
-        .lease_ttl(Duration::from_secs(3))
-        .with_clock(clock.clone());
+    let (a, b) = workers_a_and_b(&store, Duration::from_secs(3), clock.clone());
     let stalled = Sleepy::new("stall", Duration::from_secs(3600));
     let running = {
         let (a, job) = (Arc::clone(&a), Arc::clone(&stalled));

@@ -459,55 +459,42 @@ fn development_with_generated_secrets_is_refused_when_shared() {
     assert!(v6.is_ok(), "IPv6 loopback is loopback");
 }
 
-#[test]
-fn session_max_age_defaults_to_90_days_and_parses_durations() {
-    let with = |v: Option<&str>| {
-        let env: HashMap<&'static str, String> = v
-            .map(|v| ("ALVRYN_SESSION_MAX_AGE", v.to_owned()))
-            .into_iter()
-            .collect();
-        load(&env)
-    };
-    let day = std::time::Duration::from_secs(86_400);
-    assert_eq!(with(None).unwrap().session_max_age, Some(90 * day));
-    assert_eq!(with(Some("0")).unwrap().session_max_age, None);
-    assert_eq!(with(Some("86400")).unwrap().session_max_age, Some(day));
-    assert_eq!(with(Some("30d")).unwrap().session_max_age, Some(30 * day));
-    assert_eq!(with(Some(" 12h ")).unwrap().session_max_age, Some(day / 2));
-    for bad in ["-1", "soon", "30", "20years", "90 parsecs"] {
-        let err = with(Some(bad)).unwrap_err();
-        assert!(
-            err.problems
-                .iter()
-                .any(|p| p.var == "ALVRYN_SESSION_MAX_AGE"),
-            "{bad}: {err}"
-        );
+/// The development configuration with `var` unset (`None`) or set.
+fn load_with(var: &'static str, value: Option<&str>) -> Result<Config, ConfigError> {
+    load(&value.map(|v| (var, v.to_owned())).into_iter().collect())
+}
+
+/// Each of `bad` set as `var` is a start-up problem naming `var`.
+fn refused(var: &'static str, bad: &[&str]) {
+    for bad in bad {
+        let err = load_with(var, Some(bad)).unwrap_err();
+        assert!(err.problems.iter().any(|p| p.var == var), "{bad:?}: {err}");
     }
 }
 
 #[test]
+fn session_max_age_defaults_to_90_days_and_parses_durations() {
+    const VAR: &str = "ALVRYN_SESSION_MAX_AGE";
+    let with = |v| load_with(VAR, v).unwrap().session_max_age;
+    let day = std::time::Duration::from_secs(86_400);
+    assert_eq!(with(None), Some(90 * day));
+    assert_eq!(with(Some("0")), None);
+    assert_eq!(with(Some("86400")), Some(day));
+    assert_eq!(with(Some("30d")), Some(30 * day));
+    assert_eq!(with(Some(" 12h ")), Some(day / 2));
+    refused(VAR, &["-1", "soon", "30", "20years", "90 parsecs"]);
+}
+
+#[test]
 fn the_rate_limit_store_timeout_defaults_to_a_second_and_is_bounded() {
-    let with = |v: Option<&str>| {
-        let env: HashMap<&'static str, String> = v
-            .map(|v| ("ALVRYN_RATE_LIMIT_STORE_TIMEOUT", v.to_owned()))
-            .into_iter()
-            .collect();
-        load(&env).map(|c| c.rate_limits.store_timeout)
-    };
+    const VAR: &str = "ALVRYN_RATE_LIMIT_STORE_TIMEOUT";
+    let with = |v| load_with(VAR, v).unwrap().rate_limits.store_timeout;
     let ms = std::time::Duration::from_millis;
-    assert_eq!(with(None).unwrap(), ms(1000));
-    assert_eq!(with(Some("250ms")).unwrap(), ms(250));
-    assert_eq!(with(Some(" 5 ")).unwrap(), ms(5000));
-    assert_eq!(with(Some("30s")).unwrap(), ms(30_000));
-    for bad in ["0", "10ms", "31s", "1h", "-1", "soon"] {
-        let err = with(Some(bad)).unwrap_err();
-        assert!(
-            err.problems
-                .iter()
-                .any(|p| p.var == "ALVRYN_RATE_LIMIT_STORE_TIMEOUT"),
-            "{bad:?}: {err}"
-        );
-    }
+    assert_eq!(with(None), ms(1000));
+    assert_eq!(with(Some("250ms")), ms(250));
+    assert_eq!(with(Some(" 5 ")), ms(5000));
+    assert_eq!(with(Some("30s")), ms(30_000));
+    refused(VAR, &["0", "10ms", "31s", "1h", "-1", "soon"]);
 }
 
 #[test]
