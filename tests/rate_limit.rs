@@ -33,7 +33,7 @@ fn server(data: &Path, env: &[(&str, &str)]) -> Server {
     c.env("ALVRYN_DATA_DIR", data);
     // Every hit counted: a synced write slower than the default bound
     // (a loaded machine) would let its request through uncounted.
-    c.env("ALVRYN_RATE_LIMIT_STORE_TIMEOUT", "30s");
+    c.env("ALVRYN_RATE_LIMIT_STORE_TIMEOUT", "20s");
     for (k, v) in env {
         c.env(k, v);
     }

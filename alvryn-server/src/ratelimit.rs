@@ -19,7 +19,8 @@
 //! Failure modes:
 //! - **the store fails or takes longer than its bound**
 //!   ([`RateLimitSettings::store_timeout`], [`DEFAULT_STORE_TIMEOUT`]
-//!   unless `ALVRYN_RATE_LIMIT_STORE_TIMEOUT` says otherwise): the
+//!   unless `ALVRYN_RATE_LIMIT_STORE_TIMEOUT` says otherwise; shorter
+//!   than the request timeout, or that would answer first): the
 //!   request goes through unlimited (fail open), a warning is logged at
 //!   most once a minute with the number of checks skipped, and
 //!   [`RateLimiter::store_failures`] counts them. A store that is down
@@ -60,7 +61,7 @@ pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// How long a counter update may take before the request goes through
-/// unlimited, unless configured ([`RateLimitSettings::store_timeout`]).
+/// unlimited, unless configured ([`RateLimitSettings::set_store_timeout`]).
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The range `ALVRYN_RATE_LIMIT_STORE_TIMEOUT` accepts: long enough for
@@ -163,8 +164,9 @@ impl Group {
         }
     }
 
-    /// The per-IP group of a route, by its matched path (`/healthz`,
-    /// `/readyz` and the routes that need an access token have none).
+    /// The per-IP group of a route, by its matched path (the operators'
+    /// `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, and the routes
+    /// that need an access token have none).
     #[must_use]
     pub fn of_route(path: &str) -> Option<Group> {
         Some(match path {
@@ -318,9 +320,7 @@ impl TrustedProxies {
 pub struct RateLimitSettings {
     /// Whose `X-Forwarded-For` is believed.
     pub trusted_proxies: TrustedProxies,
-    /// How long a counter update may take before the request goes
-    /// through unlimited ([`DEFAULT_STORE_TIMEOUT`] unless set).
-    pub store_timeout: Duration,
+    store_timeout: Duration,
     limits: [Option<Limit>; Group::ALL.len()],
 }
 
@@ -338,6 +338,21 @@ impl RateLimitSettings {
     /// `Group::ALL` lists the groups in declaration order.
     fn index(group: Group) -> usize {
         group as usize
+    }
+
+    /// How long a counter update may take before the request goes
+    /// through unlimited ([`DEFAULT_STORE_TIMEOUT`] unless set).
+    #[must_use]
+    pub fn store_timeout(&self) -> Duration {
+        self.store_timeout
+    }
+
+    /// Sets [`Self::store_timeout`], brought into
+    /// [`STORE_TIMEOUT_RANGE`]. Keep it below the request timeout: past
+    /// that the request fails with `timeout` instead of going through.
+    pub fn set_store_timeout(&mut self, timeout: Duration) {
+        self.store_timeout =
+            timeout.clamp(*STORE_TIMEOUT_RANGE.start(), *STORE_TIMEOUT_RANGE.end());
     }
 
     /// The group's limit; `None` is unlimited.

@@ -15,7 +15,7 @@
 //! | `CORS_ORIGINS` | comma-separated browser origins allowed besides `FRONTEND_URL`'s, e.g. `https://admin.example.com` |
 //! | `ALVRYN_SESSION_MAX_AGE` | a session's absolute lifetime from login, seconds or like `90d`; default 90 days, 0 for none |
 //! | `ALVRYN_TRUSTED_PROXIES` | comma-separated address ranges whose `X-Forwarded-For` is believed; default none |
-//! | `ALVRYN_RATE_LIMIT_STORE_TIMEOUT` | how long a rate-limit counter update may take before the request goes through unlimited: seconds or like `250ms`, 50 ms to 30 s; default 1 s |
+//! | `ALVRYN_RATE_LIMIT_STORE_TIMEOUT` | how long a rate-limit counter update may take before the request goes through unlimited: seconds or like `250ms`, 50 ms to 30 s and shorter than the request timeout; default 1 s (half the request timeout if that is shorter) |
 //! | `ALVRYN_RATE_LIMIT_{SIGNUP,LOGIN,LOGIN_ACCOUNT,REFRESH,OAUTH,BILLING,WEBHOOK}` | each group's limit, `REQUESTS/WINDOW` like `30/5m`, or `off`; see [`crate::ratelimit`] |
 //! | `BACKEND_URL`, `FRONTEND_URL` | public URLs of this server and of the web app |
 //! | `STRIPE_SECRET_KEY`, `STRIPE_WEBHOOK_SECRET` | Stripe API key (`sk_`/`rk_`) and webhook signing secret (`whsec_`) |
@@ -613,21 +613,29 @@ impl Reader<'_> {
     }
 
     /// `ALVRYN_TRUSTED_PROXIES`, each group's `ALVRYN_RATE_LIMIT_*` and
-    /// `ALVRYN_RATE_LIMIT_STORE_TIMEOUT`.
-    fn rate_limits(&mut self) -> RateLimitSettings {
+    /// `ALVRYN_RATE_LIMIT_STORE_TIMEOUT`, which must be shorter than
+    /// `request_timeout` (else the request would fail with `timeout`
+    /// first, not go through as the limiter promises); unset, it is the
+    /// default or half the request timeout, whichever is shorter.
+    fn rate_limits(&mut self, request_timeout: std::time::Duration) -> RateLimitSettings {
         const PROXIES: &str = "ALVRYN_TRUSTED_PROXIES";
         const STORE_TIMEOUT: &str = "ALVRYN_RATE_LIMIT_STORE_TIMEOUT";
         let mut settings = RateLimitSettings::default();
-        if let Some(text) = self.text(STORE_TIMEOUT) {
-            match seconds_or_duration(&text) {
-                Some(d) if crate::ratelimit::STORE_TIMEOUT_RANGE.contains(&d) => {
-                    settings.store_timeout = d;
-                }
-                _ => self.problem(
+        match self.text(STORE_TIMEOUT) {
+            None => settings.set_store_timeout(settings.store_timeout().min(request_timeout / 2)),
+            Some(text) => match seconds_or_duration(&text)
+                .filter(|d| crate::ratelimit::STORE_TIMEOUT_RANGE.contains(d))
+            {
+                None => self.problem(
                     STORE_TIMEOUT,
                     "must be from 50ms to 30s, in seconds or like 250ms",
                 ),
-            }
+                Some(d) if d >= request_timeout => self.problem(
+                    STORE_TIMEOUT,
+                    "must be shorter than the request timeout (ALVRYN_REQUEST_TIMEOUT_SECONDS)",
+                ),
+                Some(d) => settings.set_store_timeout(d),
+            },
         }
         if let Some(list) = self.text(PROXIES) {
             match TrustedProxies::parse(&list) {
@@ -983,7 +991,7 @@ impl Config {
             },
         };
         let limits = r.limits();
-        let rate_limits = r.rate_limits();
+        let rate_limits = r.rate_limits(limits.request_timeout);
         let backend_url = r.url("BACKEND_URL");
         let frontend_url = r.url("FRONTEND_URL");
         let cors_origins = r.cors_origins();
@@ -1174,6 +1182,10 @@ impl Config {
                     .collect();
                 ranges.join(",")
             },
+        );
+        m.insert(
+            "ALVRYN_RATE_LIMIT_STORE_TIMEOUT",
+            humantime::format_duration(self.rate_limits.store_timeout()).to_string(),
         );
         for group in Group::ALL {
             m.insert(

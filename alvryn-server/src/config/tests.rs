@@ -488,13 +488,32 @@ fn session_max_age_defaults_to_90_days_and_parses_durations() {
 #[test]
 fn the_rate_limit_store_timeout_defaults_to_a_second_and_is_bounded() {
     const VAR: &str = "ALVRYN_RATE_LIMIT_STORE_TIMEOUT";
-    let with = |v| load_with(VAR, v).unwrap().rate_limits.store_timeout;
+    let with = |v| load_with(VAR, v).unwrap().rate_limits.store_timeout();
     let ms = std::time::Duration::from_millis;
     assert_eq!(with(None), ms(1000));
     assert_eq!(with(Some("250ms")), ms(250));
     assert_eq!(with(Some(" 5 ")), ms(5000));
-    assert_eq!(with(Some("30s")), ms(30_000));
+    assert_eq!(with(Some("29s")), ms(29_000));
     refused(VAR, &["0", "10ms", "31s", "1h", "-1", "soon"]);
+    // Not as long as the request timeout (30 s by default, 5 s here):
+    // the request would fail first instead of going through.
+    refused(VAR, &["30s"]);
+    let env: HashMap<&'static str, String> = [
+        (VAR, "5s".to_owned()),
+        ("ALVRYN_REQUEST_TIMEOUT_SECONDS", "5".to_owned()),
+    ]
+    .into();
+    let err = load(&env).unwrap_err();
+    assert!(
+        err.problems
+            .iter()
+            .any(|p| p.var == VAR && p.message.contains("ALVRYN_REQUEST_TIMEOUT_SECONDS")),
+        "{err}"
+    );
+    assert_eq!(load_with(VAR, Some("2s")).unwrap().describe()[VAR], "2s");
+    // Unset with a 1 s request timeout: half of it.
+    let cfg = load_with("ALVRYN_REQUEST_TIMEOUT_SECONDS", Some("1")).unwrap();
+    assert_eq!(cfg.rate_limits.store_timeout(), ms(500));
 }
 
 #[test]
