@@ -39,6 +39,16 @@ fn passed_or_not_served(stdout: &str, step: &str, path: &str) -> bool {
             .any(|l| l == format!("SKIP {step}: {path} not served (404)"))
 }
 
+/// As a deploy does: smoke once the server says it is ready (its first
+/// checks may outlast their 2 s bound on a loaded machine).
+fn wait_ready(server: &Server) {
+    let ready = support::eventually(20, || {
+        (support::raw_request(server.addr, "GET", "/readyz", &[], b"").status == 200).then_some(())
+    });
+    assert!(ready.is_some(), "never ready:\n{}", server.log());
+}
+
+/// A server with billing (ready: [`wait_ready`]).
 fn billing_server(data: &Path) -> Server {
     let mut c = alvryn();
     // The test event is ignored: Stripe is never called.
@@ -50,7 +60,9 @@ fn billing_server(data: &Path) -> Server {
         "price_smoke:pro",
         None,
     );
-    Server::start(c)
+    let server = Server::start(c);
+    wait_ready(&server);
+    server
 }
 
 #[test]
@@ -75,11 +87,7 @@ fn smoke_passes_against_a_fresh(mut c: Command) {
     let dir = tempfile::tempdir().unwrap();
     c.env("ALVRYN_DATA_DIR", dir.path());
     let server = Server::start(c);
-    // As a deploy does: smoke once the server says it is ready (its first
-    // checks may outlast their bound on a loaded machine).
-    support::eventually(20, || {
-        (support::raw_request(server.addr, "GET", "/readyz", &[], b"").status == 200).then_some(())
-    });
+    wait_ready(&server);
     let out = smoke(&format!("http://{}", server.addr), &[]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     for step in ["health", "signup", "login", "me", "refresh", "logout"] {

@@ -521,9 +521,13 @@ async fn oidc_unknown_kid_refetches_once_per_interval() {
     // interval runs. A key rotation at the mock (an RSA key generation)
     // and a login can take seconds on a loaded machine; when they took
     // the whole interval the refusal is not due, so the round is tried
-    // again rather than asserting on a clock that ran out.
+    // again rather than asserting on a clock that ran out (after an
+    // interval: the slow round's last verify may have refetched).
     let mut rounds = 0;
     let token = loop {
+        if rounds > 0 {
+            tokio::time::sleep(interval + Duration::from_millis(200)).await;
+        }
         rounds += 1;
         mock.rotate().await;
         let token = mock.login(&client, "n").await;

@@ -179,7 +179,7 @@ async fn a_held_lease_keeps_other_workers_out_and_a_long_run_keeps_it() {
     assert!(!took_over);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_lease_taken_over_tells_the_stalled_job_to_stop() {
     let store = leases();
     let clock = ManualClock::new();
