@@ -481,16 +481,17 @@ async fn a_panic_and_a_timeout_still_carry_the_security_headers_and_a_request_id
 
 /// Every limited route group answers 429 past its limit, per client
 /// address; without a peer address (no socket) the per-IP limits do
-/// not apply.
+/// not apply. (The rate-limit tests here count on the real clock, in day
+/// windows: only a run across midnight UTC would see its counts reset.)
 #[tokio::test]
 async fn each_route_group_is_limited_per_client_and_not_without_a_peer() {
     let h = Harness::with_vars(&[
-        ("ALVRYN_RATE_LIMIT_SIGNUP", "1/1h"),
-        ("ALVRYN_RATE_LIMIT_LOGIN", "1/1h"),
-        ("ALVRYN_RATE_LIMIT_REFRESH", "1/1h"),
-        ("ALVRYN_RATE_LIMIT_OAUTH", "1/1h"),
-        ("ALVRYN_RATE_LIMIT_BILLING", "1/1h"),
-        ("ALVRYN_RATE_LIMIT_WEBHOOK", "1/1h"),
+        ("ALVRYN_RATE_LIMIT_SIGNUP", "1/24h"),
+        ("ALVRYN_RATE_LIMIT_LOGIN", "1/24h"),
+        ("ALVRYN_RATE_LIMIT_REFRESH", "1/24h"),
+        ("ALVRYN_RATE_LIMIT_OAUTH", "1/24h"),
+        ("ALVRYN_RATE_LIMIT_BILLING", "1/24h"),
+        ("ALVRYN_RATE_LIMIT_WEBHOOK", "1/24h"),
     ]);
     const PASSWORD: &str = "correct horse battery staple";
     type MakeRequest = Box<dyn Fn(usize) -> Request<Body>>;
@@ -578,7 +579,7 @@ async fn each_route_group_is_limited_per_client_and_not_without_a_peer() {
 /// The per-account login limit needs no peer address.
 #[tokio::test]
 async fn the_login_account_limit_applies_without_a_peer() {
-    let h = Harness::with_vars(&[("ALVRYN_RATE_LIMIT_LOGIN_ACCOUNT", "2/1h")]);
+    let h = Harness::with_vars(&[("ALVRYN_RATE_LIMIT_LOGIN_ACCOUNT", "2/24h")]);
     let attempt = |email: &str| {
         json_post(
             "/auth/login",
@@ -602,8 +603,8 @@ async fn the_login_account_limit_applies_without_a_peer() {
 #[tokio::test]
 async fn a_failing_rate_limit_store_lets_requests_through_never_a_500() {
     let h = Harness::with_vars(&[
-        ("ALVRYN_RATE_LIMIT_OAUTH", "1/1h"),
-        ("ALVRYN_RATE_LIMIT_LOGIN", "1/1h"),
+        ("ALVRYN_RATE_LIMIT_OAUTH", "1/24h"),
+        ("ALVRYN_RATE_LIMIT_LOGIN", "1/24h"),
         // Longer than the limiter's own store timeout.
         ("ALVRYN_REQUEST_TIMEOUT_SECONDS", "5"),
     ]);
