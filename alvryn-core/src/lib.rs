@@ -44,18 +44,7 @@ pub mod store;
 pub mod token;
 
 pub use crypto::{FieldCipher, FieldContext};
-
-/// `bytes` as lowercase hexadecimal.
-#[must_use]
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
-}
+pub use secret::{SecretBytes, SecretString};
 
 /// `n` random bytes (from the thread's CSPRNG) as lowercase hexadecimal:
 /// unguessable ids, idempotency keys, temporary file names.
@@ -63,6 +52,5 @@ pub fn hex(bytes: &[u8]) -> String {
 pub fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n];
     rand::fill(&mut b[..]);
-    hex(&b)
+    hex::encode(b)
 }
-pub use secret::{SecretBytes, SecretString};

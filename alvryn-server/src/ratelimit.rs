@@ -448,7 +448,7 @@ pub fn ip_subject(ip: IpAddr) -> String {
 pub fn account_subject(email: &str) -> String {
     let normalized = normalize_email(email).unwrap_or_else(|_| email.trim().to_lowercase());
     let digest = Sha256::digest(normalized.as_bytes());
-    alvryn_core::hex(&digest[..16])
+    hex::encode(&digest[..16])
 }
 
 /// A counter's standing after a request.

@@ -64,7 +64,7 @@ impl RawEvent {
     /// SHA-256 of the body, lowercase hex.
     #[must_use]
     pub fn sha256_hex(&self) -> String {
-        crate::hex(&Sha256::digest(&self.body))
+        hex::encode(Sha256::digest(&self.body))
     }
 
     /// `{prefix}YYYY/MM/DD/{id}.json`, dated by `created` (UTC).

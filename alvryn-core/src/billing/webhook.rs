@@ -362,7 +362,7 @@ pub fn sign(payload: &[u8], secret: &SecretString, timestamp_s: i64) -> String {
         mac.update(timestamp.as_bytes());
         mac.update(b".");
         mac.update(payload);
-        header.push_str(&crate::hex(&mac.finalize().into_bytes()));
+        header.push_str(&hex::encode(mac.finalize().into_bytes()));
     }
     header
 }

@@ -59,7 +59,7 @@ fn fingerprint_of(key: &SecretBytes) -> Box<str> {
     h.update(b"alvryn.key-id.v1");
     h.update(key.expose());
     let digest = h.finalize();
-    format!("k{}", crate::hex(&digest[..8])).into()
+    format!("k{}", hex::encode(&digest[..8])).into()
 }
 
 /// What the [usage ledger](super::ledger) counts encryptions under: a
