@@ -1422,6 +1422,20 @@ mod tests {
 
     use super::*;
 
+    /// Record `k{i}` of namespace `n`, created at `i` ms.
+    fn record(i: i64, owner: Option<String>, status: u32) -> Record {
+        Record {
+            ns: "n".into(),
+            key: format!("k{i}"),
+            owner,
+            status,
+            data: vec![1],
+            created_at_ms: i,
+            updated_at_ms: i,
+            expires_at_ms: None,
+        }
+    }
+
     /// A listing's statement is prepared once per connection and never
     /// planned again, whatever its bindings: a bound `LIMIT` made SQLite
     /// re-plan it at every run, a fifth of `/auth/me`'s time.
@@ -1432,17 +1446,12 @@ mod tests {
             .await
             .unwrap();
         for i in 0..20_i64 {
-            let record = Record {
-                ns: "n".into(),
-                key: format!("k{i}"),
-                owner: Some(format!("u{}", i % 3)),
-                status: u32::try_from(i % 4).unwrap(),
-                data: vec![1],
-                created_at_ms: i,
-                updated_at_ms: i,
-                expires_at_ms: None,
-            };
-            store.insert_if_absent(&record).await.unwrap();
+            let owner = Some(format!("u{}", i % 3));
+            let status = u32::try_from(i % 4).unwrap();
+            store
+                .insert_if_absent(&record(i, owner, status))
+                .await
+                .unwrap();
         }
         for run in 0..30_usize {
             let filter = RecordFilter {
@@ -1487,17 +1496,7 @@ mod tests {
             .await
             .unwrap();
         for i in (0..10_i64).rev() {
-            let record = Record {
-                ns: "n".into(),
-                key: format!("k{i}"),
-                owner: None,
-                status: 1,
-                data: vec![],
-                created_at_ms: i,
-                updated_at_ms: i,
-                expires_at_ms: None,
-            };
-            store.insert_if_absent(&record).await.unwrap();
+            store.insert_if_absent(&record(i, None, 1)).await.unwrap();
         }
         for limit in [1, 3, 64, 100] {
             let filter = RecordFilter {
