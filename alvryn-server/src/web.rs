@@ -16,10 +16,9 @@
 //!    `request_id` (so every log line of the request names it), is
 //!    counted and timed for `/metrics` ([`crate::prometheus::record`]),
 //!    and one INFO line (target `alvryn::access`) follows it with the
-//!    method,
-//!    the route *template* (`/auth/sessions/{id}`, never the path with
-//!    its ids, never the query), the status, the latency and the id;
-//!    nothing from the headers or the body;
+//!    method, the route *template* (`/auth/sessions/{id}`, never the
+//!    path with its ids, never the query), the status, the latency and
+//!    the id; nothing from the headers or the body;
 //! 3. [`SECURITY_HEADERS`], set over whatever the inner layers answered;
 //! 4. CORS (tower-http's `CorsLayer`) for an explicit list of origins
 //!    ([`Config::allowed_origins`]): an origin not on it gets no

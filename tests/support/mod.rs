@@ -684,12 +684,15 @@ pub fn billing_env(
     prices: &str,
     api_base: Option<&str>,
 ) {
-    let dead = format!("http://127.0.0.1:{}", free_port());
+    let api_base = api_base.map_or_else(
+        || format!("http://127.0.0.1:{}", free_port()),
+        str::to_owned,
+    );
     c.env("ALVRYN_DATA_DIR", dir)
         .env("STRIPE_SECRET_KEY", key)
         .env("STRIPE_WEBHOOK_SECRET", whsec)
         .env("STRIPE_PRICE_MAP", prices)
-        .env("STRIPE_API_BASE", api_base.unwrap_or(&dead));
+        .env("STRIPE_API_BASE", api_base);
 }
 
 /// Raw events to the S3 bucket `bucket` at the S3 endpoint `endpoint`

@@ -18,10 +18,10 @@ use crate::store::{Purge, RecordFilter, RecordStore};
 /// For each pending record: upload the body ([`EventArchive::archive`] of
 /// the S3 archive, which writes only if the object is absent, so an event
 /// a crashed run uploaded is not uploaded twice), then advance the record
-/// to [`IN_S3`](crate::billing::archive::IN_S3) with the object key as its
-/// data, which drops the raw body from the database. A status only moves forward: of two runs that
-/// raced (a stalled worker whose lease was taken over), exactly one moves
-/// it. An upload that fails leaves the record pending for a later run.
+/// to [`IN_S3`](crate::billing::archive::IN_S3) with the object key as
+/// its data, which drops the raw body from the database. A status only
+/// moves forward: of two runs that raced (a stalled worker whose lease
+/// was taken over), exactly one moves it. An upload that fails leaves the record pending for a later run.
 ///
 /// [`FallbackArchive`]: crate::billing::FallbackArchive
 pub struct ArchiveDrain {

@@ -81,8 +81,6 @@ pub(crate) async fn of_user(
     user_id: &str,
     now_ms: i64,
 ) -> Result<Vec<ProviderLink>, StoreError> {
-    // A user has at most one link per provider; the bound keeps a
-    // damaged store from answering with an unbounded list.
     let filter = RecordFilter {
         owner: Some(user_id.to_owned()),
         limit: MAX_LINKS_LISTED,

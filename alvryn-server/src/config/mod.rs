@@ -626,10 +626,18 @@ impl Reader<'_> {
             Some(text) => match seconds_or_duration(&text)
                 .filter(|d| crate::ratelimit::STORE_TIMEOUT_RANGE.contains(d))
             {
-                None => self.problem(
-                    STORE_TIMEOUT,
-                    "must be from 50ms to 30s, in seconds or like 250ms",
-                ),
+                None => {
+                    let range = &crate::ratelimit::STORE_TIMEOUT_RANGE;
+                    let (from, to) = (range.start(), range.end());
+                    self.problem(
+                        STORE_TIMEOUT,
+                        format!(
+                            "must be from {} to {}, in seconds or like 250ms",
+                            humantime::format_duration(*from),
+                            humantime::format_duration(*to)
+                        ),
+                    );
+                }
                 Some(d) if d >= request_timeout => self.problem(
                     STORE_TIMEOUT,
                     "must be shorter than the request timeout (ALVRYN_REQUEST_TIMEOUT_SECONDS)",
@@ -984,7 +992,7 @@ impl Config {
                     r.problem(
                         "ALVRYN_SESSION_MAX_AGE",
                         "must be 0 (no limit) or a duration from 1 minute to 10 years, \
-                             in seconds or like 90d or 12h",
+                         in seconds or like 90d or 12h",
                     );
                     None
                 }
